@@ -1,0 +1,82 @@
+"""Tiny dataset folders in the real layouts, written from random pixels: for tests and examples.
+
+`write_camvid_tree` writes the SegNet CamVid layout (with list files in the release's absolute-path style) and
+`write_vspw_tree` the VSPW layout. Both return what they wrote so tests can compare against it.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping, Sequence
+
+import numpy as np
+from PIL import Image
+
+
+def write_camvid_tree(root: str | os.PathLike, splits: Mapping[str, Mapping[str, Sequence[str]]], *,
+                      size: tuple[int, int] = (12, 16), seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
+  """Writes `<root>/<split>/`, `<root>/<split>annot/` and `<root>/<split>.txt` for each split.
+
+  Args:
+    splits: split -> sequence -> frame-number strings as they appear in file names (e.g. '006690' or 'f00930').
+    size: (H, W) of every frame.
+  Returns: {file stem: {'image': uint8 (H, W, 3), 'label': uint8 (H, W) raw values 0..11}}.
+  List lines are written in shuffled order, as absolute '/SegNet/CamVid/...' paths.
+  """
+  rng = np.random.default_rng(seed)
+  root = os.fspath(root)
+  written = {}
+  for split, sequences in splits.items():
+    os.makedirs(os.path.join(root, split), exist_ok=True)
+    os.makedirs(os.path.join(root, split + "annot"), exist_ok=True)
+    lines = []
+    for sequence, numbers in sequences.items():
+      for number in numbers:
+        stem = f"{sequence}_{number}"
+        image = rng.integers(0, 256, size=size + (3,), dtype=np.uint8)
+        label = rng.integers(0, 12, size=size, dtype=np.uint8)
+        Image.fromarray(image).save(os.path.join(root, split, stem + ".png"))
+        Image.fromarray(label, mode="L").save(os.path.join(root, split + "annot", stem + ".png"))
+        written[stem] = {"image": image, "label": label}
+        lines.append(f"/SegNet/CamVid/{split}/{stem}.png /SegNet/CamVid/{split}annot/{stem}.png\n")
+    rng.shuffle(lines)
+    with open(os.path.join(root, split + ".txt"), "w") as f:
+      f.writelines(lines)
+  return written
+
+
+def write_vspw_tree(root: str | os.PathLike, splits: Mapping[str, Sequence[str]], *, frames_per_video: int = 3,
+                    size: tuple[int, int] = (10, 14), mask_values: Sequence[int] = (0, 1, 2, 61, 124, 255),
+                    seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
+  """Writes `<root>/data/<video>/origin/*.jpg`, `<root>/data/<video>/mask/*.png` and `<root>/<split>.txt`.
+
+  Args:
+    splits: split -> video names.
+    frames_per_video: frames per video, named 00000000.jpg, 00000001.jpg, ...
+    size: (H, W) of every frame.
+    mask_values: raw mask values drawn uniformly for every pixel (palette-mode PNGs, as released).
+  Returns: {'<video>/<frame stem>': {'image': uint8 (H, W, 3) as written (before JPEG), 'mask': uint8 (H, W)}}.
+  """
+  rng = np.random.default_rng(seed)
+  root = os.fspath(root)
+  values = np.asarray(mask_values, np.uint8)
+  palette = rng.integers(0, 256, size=768, dtype=np.uint8).tolist()
+  written = {}
+  for split, videos in splits.items():
+    for video in videos:
+      origin = os.path.join(root, "data", video, "origin")
+      mask_dir = os.path.join(root, "data", video, "mask")
+      os.makedirs(origin, exist_ok=True)
+      os.makedirs(mask_dir, exist_ok=True)
+      for index in range(frames_per_video):
+        stem = f"{index:08d}"
+        image = rng.integers(0, 256, size=size + (3,), dtype=np.uint8)
+        mask = values[rng.integers(0, len(values), size=size)]
+        Image.fromarray(image).save(os.path.join(origin, stem + ".jpg"), quality=95)
+        mask_image = Image.frombytes("P", (size[1], size[0]), mask.tobytes())
+        mask_image.putpalette(palette)
+        mask_image.save(os.path.join(mask_dir, stem + ".png"))
+        written[f"{video}/{stem}"] = {"image": image, "mask": mask}
+    with open(os.path.join(root, split + ".txt"), "w") as f:
+      f.writelines(f"{video}\n" for video in videos)
+  return written

@@ -1,0 +1,198 @@
+"""The ResNet family as pure-functional `flax.linen` modules (NHWC).
+
+Depths 18/34 (basic blocks) and 50/101/152 (bottleneck blocks), in three variants that real checkpoints use:
+
+- `torchvision`: 7x7 stride-2 stem; the stride sits on the 3x3 conv; 1x1 stride-2 projection shortcut.
+- `vd` (PaddleSeg ResNet_vd): deep stem of three 3x3 convs (32, 32, 64); the projection of a strided block
+  is a 2x2 average pool (stride 2, ceil mode) followed by a 1x1 stride-1 conv; as in PaddleSeg, the first
+  block of every stage has a projection shortcut (this adds one to stage 1 of ResNet18/34_vd).
+- `v1c` (mmsegmentation ResNetV1c): the same deep stem, the torchvision projection.
+
+Output stride 32, 16 or 8 by dilation (padding = dilation): a stage that stops striding dilates all its
+blocks by the accumulated factor (PaddleSeg / mmseg convention), and `multi_grid` multiplies the dilation of
+each block of the last stage (DeepLab's multi-grid, e.g. (1, 2, 4)).
+
+`ResNet(...)(images, train)` returns a dict of the four stage outputs `stage1`..`stage4` (strides 4, 8,
+16, 32 at output stride 32) and, when `num_classes` is set, the classifier `logits`.
+
+Parameter tree: `stem/conv{1,2,3}/{conv,bn}`, `stage{s}/block{b}/conv{1,2,3}/{conv,bn}`,
+`stage{s}/block{b}/downsample/{conv,bn}`, `fc`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from ma_resnet.models.layers import ConvBN
+from ma_resnet.models.ops import avg_pool_2x2_ceil
+
+STAGES = ('stage1', 'stage2', 'stage3', 'stage4')
+VARIANTS = ('torchvision', 'vd', 'v1c')
+# depth -> (block kind, blocks per stage)
+DEPTHS = {
+    18: ('basic', (2, 2, 2, 2)),
+    34: ('basic', (3, 4, 6, 3)),
+    50: ('bottleneck', (3, 4, 6, 3)),
+    101: ('bottleneck', (3, 4, 23, 3)),
+    152: ('bottleneck', (3, 8, 36, 3)),
+}
+WIDTHS = (64, 128, 256, 512)
+# output stride -> (stride, dilation) of each stage
+STAGE_GEOMETRY = {
+    32: ((1, 2, 2, 2), (1, 1, 1, 1)),
+    16: ((1, 2, 2, 1), (1, 1, 1, 2)),
+    8: ((1, 2, 1, 1), (1, 1, 2, 4)),
+}
+
+
+def expansion(depth: int) -> int:
+  return 4 if DEPTHS[depth][0] == 'bottleneck' else 1
+
+
+def stage_channels(depth: int) -> dict[str, int]:
+  """Channels of each stage output, e.g. 256/512/1024/2048 for ResNet50."""
+  return {name: w * expansion(depth) for name, w in zip(STAGES, WIDTHS)}
+
+
+def stage_sizes(image_size: tuple[int, int], output_stride: int) -> dict[str, tuple[int, int]]:
+  """Spatial size of each stage output for an input of `image_size` = (H, W).
+
+  Every stride-2 layer of the family (3x3 pad 1, 7x7 pad 3, 1x1 pad 0, 3x3 max-pool pad 1, 2x2 ceil-mode
+  average pool) maps a size n to ceil(n / 2).
+  """
+  strides, _ = STAGE_GEOMETRY[output_stride]
+  h, w = image_size
+  h, w = math.ceil(math.ceil(h / 2) / 2), math.ceil(math.ceil(w / 2) / 2)  # stem conv, max-pool
+  sizes = {}
+  for name, s in zip(STAGES, strides):
+    if s == 2:
+      h, w = math.ceil(h / 2), math.ceil(w / 2)
+    sizes[name] = (h, w)
+  return sizes
+
+
+class Block(nn.Module):
+  """A residual block: `basic` (3x3, 3x3) or `bottleneck` (1x1, 3x3 strided, 1x1 x4)."""
+  kind: str
+  width: int
+  stride: int = 1
+  dilation: int = 1
+  avg_down: bool = False  # vd: 2x2 average pool before the 1x1 projection of a strided block
+  project: bool = False  # projection shortcut even when shapes match (vd: every stage's first block)
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    unit = lambda *a, **k: ConvBN(*a, dtype=self.dtype, **k)
+    if self.kind == 'basic':
+      out_features = self.width
+      y = unit(self.width, 3, stride=self.stride, dilation=self.dilation, name='conv1')(x, train)
+      y = unit(self.width, 3, dilation=self.dilation, relu=False, name='conv2')(y, train)
+    else:
+      out_features = self.width * 4
+      y = unit(self.width, 1, name='conv1')(x, train)
+      y = unit(self.width, 3, stride=self.stride, dilation=self.dilation, name='conv2')(y, train)
+      y = unit(out_features, 1, relu=False, name='conv3')(y, train)
+    if self.project or self.stride != 1 or x.shape[-1] != out_features:
+      if self.avg_down and self.stride != 1:
+        x = unit(out_features, 1, relu=False, name='downsample')(avg_pool_2x2_ceil(x), train)
+      else:
+        x = unit(out_features, 1, stride=self.stride, relu=False, name='downsample')(x, train)
+    return nn.relu(y + x)
+
+
+class Stem(nn.Module):
+  """7x7 stride-2 conv (torchvision) or three 3x3 convs 32/32/64 (vd, v1c), then 3x3 stride-2 max-pool."""
+  deep: bool
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    if self.deep:
+      x = ConvBN(32, 3, stride=2, dtype=self.dtype, name='conv1')(x, train)
+      x = ConvBN(32, 3, dtype=self.dtype, name='conv2')(x, train)
+      x = ConvBN(64, 3, dtype=self.dtype, name='conv3')(x, train)
+    else:
+      x = ConvBN(64, 7, stride=2, dtype=self.dtype, name='conv1')(x, train)
+    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+
+class Stage(nn.Module):
+  """One ResNet stage: `num_blocks` blocks, the first one strided, with per-block dilations."""
+  kind: str
+  width: int
+  num_blocks: int
+  stride: int
+  dilations: Sequence[int]
+  avg_down: bool
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    for b in range(self.num_blocks):
+      x = Block(self.kind, self.width, stride=self.stride if b == 0 else 1, dilation=self.dilations[b],
+                avg_down=self.avg_down, project=self.avg_down and b == 0, dtype=self.dtype,
+                name=f'block{b}')(x, train)
+    return x
+
+
+class ResNet(nn.Module):
+  """ResNet backbone returning named stage outputs. See the module docstring.
+
+  Attributes:
+    depth: 18, 34, 50, 101 or 152.
+    variant: 'torchvision', 'vd' or 'v1c'.
+    output_stride: 32, 16 or 8.
+    multi_grid: dilation multipliers of the last stage's blocks (one per block), or None for all 1.
+    num_classes: if set, adds the global-pool + dense classifier and returns its `logits`.
+    dtype: compute dtype (parameters stay float32).
+  """
+  depth: int = 50
+  variant: str = 'torchvision'
+  output_stride: int = 32
+  multi_grid: Sequence[int] | None = None
+  num_classes: int | None = None
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    if self.depth not in DEPTHS:
+      raise ValueError(f'ResNet depth must be one of {sorted(DEPTHS)}, got {self.depth}')
+    if self.variant not in VARIANTS:
+      raise ValueError(f'ResNet variant must be one of {VARIANTS}, got {self.variant!r}')
+    if self.output_stride not in STAGE_GEOMETRY:
+      raise ValueError(f'output_stride must be one of {sorted(STAGE_GEOMETRY)}, got {self.output_stride}')
+    kind, blocks = DEPTHS[self.depth]
+    grid = tuple(self.multi_grid) if self.multi_grid else (1,) * blocks[3]
+    if len(grid) != blocks[3]:
+      raise ValueError(f'multi_grid needs {blocks[3]} rates (one per block of the last stage of '
+                       f'ResNet{self.depth}), got {grid}')
+    strides, dilations = STAGE_GEOMETRY[self.output_stride]
+    self.stem = Stem(deep=self.variant != 'torchvision', dtype=self.dtype)
+    self.stages = [
+        Stage(kind, WIDTHS[i], blocks[i], strides[i],
+              [dilations[i] * (grid[b] if i == 3 else 1) for b in range(blocks[i])],
+              avg_down=self.variant == 'vd', dtype=self.dtype, name=STAGES[i])
+        for i in range(4)
+    ]
+    self.fc = nn.Dense(self.num_classes, dtype=self.dtype, name='fc') if self.num_classes else None
+
+  def __call__(self, images, train: bool = False) -> dict[str, jnp.ndarray]:
+    """images (N, H, W, 3) -> {'stage1'..'stage4': (N, h_s, w_s, C_s)} (+ 'logits' (N, classes))."""
+    x = self.stem(images, train)
+    features = {}
+    for name, stage in zip(STAGES, self.stages):
+      x = stage(x, train)
+      features[name] = x
+    if self.fc is not None:
+      features['logits'] = self.fc(jnp.mean(x, axis=(1, 2)))
+    return features
+
+  def run_stem(self, images, train: bool = False):
+    return self.stem(images, train)
+
+  def run_stage(self, index: int, x, train: bool = False):
+    """Stage `index` (0..3) alone, for encoders whose later stages depend on per-frame state."""
+    return self.stages[index](x, train)
