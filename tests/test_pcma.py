@@ -43,7 +43,8 @@ def tiny(**pcma):
   return model, tiny_variables(), apply, step
 
 
-def clip(b=2, t=4, seed=1, h=H, w=W):
+def clip(b=2, t=3, seed=1, h=H, w=W):
+  """Random frames; most tests use the default (2, 3) shape so that jitted functions compile once."""
   return jax.random.normal(jax.random.key(seed), (b, t, h, w, 3))
 
 
@@ -61,7 +62,7 @@ def test_scan_equals_step():
   for stage in out.memory:
     np.testing.assert_allclose(memory[stage].keys, out.memory[stage].keys, atol=1e-6, rtol=0)
   # Code warm-up with T=2: the first two frames only fill the memory.
-  np.testing.assert_array_equal(out.enhanced, [[False, False, True, True]] * 2)
+  np.testing.assert_array_equal(out.enhanced, [[False, False, True]] * 2)
 
 
 def test_push_is_first_in_first_out():
@@ -76,10 +77,10 @@ def test_push_is_first_in_first_out():
 
 def test_memory_holds_the_last_frames_oldest_first():
   model, variables, apply, _ = tiny()
-  frames = clip(b=1, t=3)
+  frames = clip()
   after_clip = apply(variables, frames).memory
   for index, slot in ((1, 0), (2, 1)):  # frame 1 in the oldest slot, frame 2 in the newest; frame 0 gone
-    alone = apply(variables, frames[:, index:index + 1]).memory
+    alone = apply(variables, jnp.repeat(frames[:, index:index + 1], 3, axis=1)).memory
     for stage in after_clip:
       np.testing.assert_allclose(after_clip[stage].keys[:, slot], alone[stage].keys[:, -1], atol=1e-6)
       np.testing.assert_allclose(after_clip[stage].values[:, slot], alone[stage].values[:, -1], atol=1e-6)
@@ -87,7 +88,7 @@ def test_memory_holds_the_last_frames_oldest_first():
 
 def test_reset_clears_exactly_the_flagged_samples():
   model, variables, apply, _ = tiny()
-  frames = clip(b=2, t=3)
+  frames = clip()
   full = apply(variables, frames).memory
   cleared = memory_lib.reset(full, jnp.array([True, False]))
   for stage in full:
@@ -95,27 +96,28 @@ def test_reset_clears_exactly_the_flagged_samples():
     assert float(jnp.abs(cleared[stage].keys[0]).max()) == 0.0
     np.testing.assert_array_equal(cleared[stage].keys[1], full[stage].keys[1])
     np.testing.assert_array_equal(cleared[stage].valid[1], full[stage].valid[1])
-  # In a clip: sample 0 starts a new sequence at frame 2, sample 1 does not.
-  reset = jnp.array([[False, False, True, False], [False, False, False, False]])
-  frames = clip(b=2, t=4)
-  out = apply(variables, frames, None, reset)
-  np.testing.assert_array_equal(out.enhanced, [[False, False, False, False], [False, False, True, True]])
-  fresh = apply(variables, frames[:1, 2:])
-  np.testing.assert_allclose(out.logits[:1, 2:], fresh.logits, atol=1e-5)
+  # In a clip, with memory carried from the previous clip: sample 0 starts a new sequence at frame 1.
+  reset = jnp.array([[False, True, False], [False, False, False]])
+  out = apply(variables, frames, full, reset)
+  np.testing.assert_array_equal(out.enhanced, [[True, False, False], [True, True, True]])
+  # Sample 0 from frame 1 on behaves as a fresh sequence starting there.
+  shifted = jnp.concatenate([frames[:, 1:], frames[:, :1]], axis=1)
+  fresh = apply(variables, shifted)
+  np.testing.assert_allclose(out.logits[0, 1:], fresh.logits[0, :2], atol=1e-5)
 
 
 def test_odd_spatial_sizes():
   model, variables, apply, _ = tiny()
-  frames = clip(b=1, t=3, h=33, w=45)
+  frames = clip(h=33, w=45)
   out = apply(variables, frames)
-  assert out.logits.shape == (1, 3, 33, 45, 5)
+  assert out.logits.shape == (2, 3, 33, 45, 5)
   assert out.stage_features['stage1'].shape[2:4] == (9, 12)  # odd stage map: read-out resized to 9 exactly
   assert bool(out.enhanced[0, 2]) and bool(jnp.isfinite(out.logits).all())
 
 
 def test_results_do_not_depend_on_the_rest_of_the_batch():
   model, variables, apply, _ = tiny()
-  frames = clip(b=2, t=3)
+  frames = clip()
   both = apply(variables, frames).logits
   alone = apply(variables, frames[:1]).logits
   np.testing.assert_allclose(both[:1], alone, atol=1e-5)
@@ -130,7 +132,7 @@ def test_gradients(detach):
     return jnp.mean(out.logits[:, -1] ** 2)
 
   grads, wrt_input = jax.jit(jax.grad(loss_of_last_frame, argnums=(0, 1)))(variables['params'],
-                                                                            clip(b=1, t=3))
+                                                                            clip())
   magnitude = lambda stage: float(jnp.abs(grads[f'pcma_{stage}']['key_encoder']['conv']['kernel']).max())
   assert magnitude('stage1') > 0, 'no gradient reaches the PCMA key encoder of stage1'
   # DeepLabV3+ reads only stage1 and stage4, and (as in the authors' code) enhanced maps do not feed the
@@ -164,26 +166,27 @@ def test_attend_masks_empty_slots_and_partial_warmup():
 @pytest.mark.parametrize('options', [
     dict(judge=True, memory_stores='enhanced', key_norm='dot'),
     dict(warmup='partial', fusion_mean='batch'),
-    dict(feed_forward=True),
 ])
-def test_options_run_and_stream(options):
-  model, variables, apply, step = tiny(**options)
-  frames = clip(b=2, t=3)
-  out = apply(variables, frames)
+def test_paper_options_run(options):
+  _, variables, apply, _ = tiny(**options)
+  out = apply(variables, clip())
   assert bool(jnp.isfinite(out.logits).all())
-  memory = model.init_memory(2, (H, W))
+  assert bool(out.enhanced[:, -1].all())
+  if options.get('warmup') == 'partial':
+    np.testing.assert_array_equal(out.enhanced, [[False, True, True]] * 2)
+
+
+def test_feed_forward_streams_and_changes_later_stages():
+  model, variables, apply, _ = tiny()
+  model_ff, _, apply_ff, step_ff = tiny(feed_forward=True)
+  frames = clip()
+  fed = apply_ff(variables, frames)  # same variable tree
+  memory = model_ff.init_memory(2, (H, W))
   for i in range(3):
-    o = step(variables, frames[:, i], memory)
-    memory = o.memory
-  np.testing.assert_allclose(o.logits, out.logits[:, -1], atol=1e-5)
-
-
-def test_feed_forward_changes_later_stages():
-  _, variables, apply, _ = tiny()
-  _, _, apply_ff, _ = tiny(feed_forward=True)
-  frames = clip(b=1, t=3)
+    one = step_ff(variables, frames[:, i], memory)
+    memory = one.memory
+  np.testing.assert_allclose(one.logits, fed.logits[:, -1], atol=1e-5)
   plain_path = apply(variables, frames)
-  fed = apply_ff(variables, frames)  # same parameter tree
   np.testing.assert_allclose(fed.stage_features['stage1'], plain_path.stage_features['stage1'], atol=1e-5)
   assert float(jnp.abs(fed.stage_features['stage4'][:, 2] - plain_path.stage_features['stage4'][:, 2]).max()) > 1e-4
 
@@ -201,11 +204,14 @@ def test_plain_encoder_has_empty_memory_and_same_interface():
   config = tiny_config()
   config.encoder = 'plain'
   model = build(config, num_classes=5)
-  variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 1, H, W, 3)))
+  variables = {collection: {k: v for k, v in tree.items() if not k.startswith('pcma_')}
+               for collection, tree in tiny_variables().items()}  # the MA tree without PCMA
   assert model.init_memory(2, (H, W)) == {}
-  frames = clip(b=2, t=2)
-  out = jax.jit(model.apply)(variables, frames)
-  assert out.logits.shape == (2, 2, H, W, 5) and out.memory == {}
+  frames = clip()
+  apply = jax.jit(model.apply)
+  out = apply(variables, frames)
+  assert out.logits.shape == (2, 3, H, W, 5) and out.memory == {}
   assert not bool(out.enhanced.any())
-  one = jax.jit(functools.partial(model.apply, method=model.step))(variables, frames[:, 1], {})
-  np.testing.assert_allclose(one.logits, out.logits[:, 1], atol=1e-5)
+  # Frames are independent: the last frame alone gives the same logits.
+  alone = apply(variables, jnp.repeat(frames[:, -1:], 3, axis=1))
+  np.testing.assert_allclose(alone.logits[:, 0], out.logits[:, -1], atol=1e-5)
