@@ -11,6 +11,7 @@ from typing import Any, Callable, Mapping
 
 import jax.numpy as jnp
 import ml_collections
+from absl import logging
 
 from ma_resnet.models.heads import (DeepLabV3PlusHead, DNLHead, FCNHead, PSPHead, SFNetHead, auxiliary_fcn_head,
                                       head_factory)
@@ -20,13 +21,22 @@ from ma_resnet.models.segmenter import Segmenter
 
 # head name -> factory(num_classes, dtype, **head_options) -> head module
 HEADS: dict[str, Callable[..., Any]] = {
-    'deeplabv3plus': lambda num_classes, dtype, **kw: DeepLabV3PlusHead(num_classes, dtype=dtype, **kw),
+    'deeplabv3plus': head_factory('deeplabv3plus', DeepLabV3PlusHead),
     'pspnet': head_factory('pspnet', PSPHead),
     'sfnet': head_factory('sfnet', SFNetHead),
     'dnlnet': head_factory('dnlnet', DNLHead),
     'fcn': head_factory('fcn', FCNHead),
 }
 # auxiliary head name -> factory(num_classes, dtype) -> head module (training only)
+# head name -> the stage maps it reads. With enhanced maps going only to the head (the code's behaviour),
+# PCMA on a stage the head does not read changes nothing: `build` warns about such a combination.
+STAGES_READ = {
+    'deeplabv3plus': ('stage1', 'stage4'),
+    'pspnet': ('stage4',),
+    'sfnet': ('stage1', 'stage2', 'stage3', 'stage4'),
+    'dnlnet': ('stage4',),
+    'fcn': ('stage4',),
+}
 AUX_HEADS: dict[str, Callable[..., Any]] = {
     'fcn': auxiliary_fcn_head,  # mmseg's auxiliary FCNHead on stage3 (one conv, C/4 = 256 channels on ResNet50)
 }
@@ -87,4 +97,9 @@ def build(config: Mapping, num_classes: int) -> Segmenter:
     options = dict(config['pcma'])
     options['stages'] = tuple(options['stages'])
     pcma = PCMAOptions(**options)
+    read = STAGES_READ.get(head_name, ())
+    if read and not pcma.feed_forward and not set(read) & set(pcma.stages):
+      logging.warning('model.head=%r reads only %s, and PCMA sits on %s without feed_forward: the memory '
+                      'cannot change its logits. Put PCMA on a stage the head reads (e.g. stage4) or set '
+                      'model.pcma.feed_forward=True.', head_name, read, pcma.stages)
   return Segmenter(backbone=backbone, head=head, num_classes=num_classes, pcma=pcma, aux_head=aux_head)

@@ -1,9 +1,10 @@
 """FCN head (Long et al. 2015) in mmsegmentation's `FCNHead` form, and the classifier the mmseg-style heads share.
 
 FCNHead on one stage map x (N, h, w, C_in) (`in_stage`, default `stage4`):
-- `num_convs` k x k conv-BN-ReLU to `channels` (conv without bias, padding dilation * (k - 1) / 2);
+- `num_convs` k x k conv-BN-ReLU to `channels` (conv without bias, dilation `dilation`, padding
+  dilation * (k - 1) / 2);
 - with `concat_input`: concatenate [x, convs(x)] (C_in + channels) -> k x k conv-BN-ReLU to `channels`
-  (mmseg's `conv_cat`);
+  (mmseg's `conv_cat`, not dilated);
 - `Classifier`: channel dropout (PyTorch `Dropout2d`, as mmseg's `BaseDecodeHead.dropout`) then a 1x1 conv
   with bias to the classes (mmseg's `conv_seg`, initialised normal(0, 0.01), bias 0).
 
@@ -56,7 +57,7 @@ class FCNHead(nn.Module):
     channels: width of the convs; None = input channels / 4.
     num_convs: number of k x k conv-BN-ReLU before the (optional) concat conv; at least 1.
     kernel: conv kernel size.
-    dilation: conv dilation.
+    dilation: dilation of the `num_convs` convs.
     concat_input: concatenate the input with the convs' output, then one more conv-BN-ReLU.
     dropout: channel-dropout rate before the classifier.
     in_stage: which stage map the head reads.
@@ -81,8 +82,7 @@ class FCNHead(nn.Module):
     for i in range(self.num_convs):
       y = ConvBN(channels, self.kernel, dilation=self.dilation, dtype=self.dtype, name=f'conv{i}')(y, train)
     if self.concat_input:
-      y = ConvBN(channels, self.kernel, dilation=self.dilation, dtype=self.dtype, name='conv_cat')(
-          jnp.concatenate([x, y], axis=-1), train)
+      y = ConvBN(channels, self.kernel, dtype=self.dtype, name='conv_cat')(jnp.concatenate([x, y], axis=-1), train)
     return Classifier(self.num_classes, self.dropout, dtype=self.dtype, name='classifier')(y, train)
 
 

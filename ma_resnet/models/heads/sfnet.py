@@ -36,9 +36,9 @@ from ma_resnet.models.layers import ConvBN, conv
 from ma_resnet.models.ops import resize_bilinear
 
 # PaddlePaddle's default Conv2D initialiser (normal, std sqrt(2 / fan_in)), also SFSegNets' `initialize_weights`.
-# Used for the flow conv: the package's fan-out scaling would give a 2-channel conv a std of 0.33 and large
-# random initial flows.
-_flow_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')
+# Used for the convs with few outputs (flow, classifier), which PaddleSeg leaves at the default: the package's
+# fan-out scaling would give the 2-channel flow conv a std of 0.33, i.e. large random initial flows.
+_paddle_default_init = nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')
 
 
 def grid_sample_bilinear(x, grid, align_corners: bool = True):
@@ -106,7 +106,7 @@ class FlowAlignment(nn.Module):
     fine_proj = conv(self.features, 1, dtype=self.dtype, name='down_l')(fine)
     coarse_proj = conv(self.features, 1, dtype=self.dtype, name='down_h')(coarse)
     coarse_proj = resize_bilinear(coarse_proj, size, align_corners=True)
-    flow = nn.Conv(2, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, kernel_init=_flow_kernel_init,
+    flow = nn.Conv(2, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, kernel_init=_paddle_default_init,
                    dtype=self.dtype, param_dtype=jnp.float32, name='flow_make')(
                        jnp.concatenate([coarse_proj, fine_proj], axis=-1))
     return flow_warp(coarse, flow, size).astype(coarse.dtype)
@@ -145,4 +145,5 @@ class SFNetHead(nn.Module):
     fused = jnp.concatenate([pyramid[0]] + [resize_bilinear(p, size, align_corners=True) for p in pyramid[1:]],
                             axis=-1)
     x = ConvBN(dim, 3, dtype=self.dtype, name='fuse')(fused, train)
-    return conv(self.num_classes, 1, use_bias=True, dtype=self.dtype, name='classifier')(x)
+    return nn.Conv(self.num_classes, (1, 1), use_bias=True, kernel_init=_paddle_default_init, dtype=self.dtype,
+                   param_dtype=jnp.float32, name='classifier')(x)
