@@ -16,7 +16,7 @@ from absl import logging
 from ma_resnet.models.heads import (DeepLabV3PlusHead, DNLHead, FCNHead, PSPHead, SFNetHead, auxiliary_fcn_head,
                                       head_factory)
 from ma_resnet.models.pcma import PCMAOptions
-from ma_resnet.models.resnet import ResNet
+from ma_resnet.models.resnet import STAGES, ResNet
 from ma_resnet.models.segmenter import Segmenter
 
 # head name -> factory(num_classes, dtype, **head_options) -> head module
@@ -28,15 +28,6 @@ HEADS: dict[str, Callable[..., Any]] = {
     'fcn': head_factory('fcn', FCNHead),
 }
 # auxiliary head name -> factory(num_classes, dtype) -> head module (training only)
-# head name -> the stage maps it reads. With enhanced maps going only to the head (the code's behaviour),
-# PCMA on a stage the head does not read changes nothing: `build` warns about such a combination.
-STAGES_READ = {
-    'deeplabv3plus': ('stage1', 'stage4'),
-    'pspnet': ('stage4',),
-    'sfnet': ('stage1', 'stage2', 'stage3', 'stage4'),
-    'dnlnet': ('stage4',),
-    'fcn': ('stage4',),
-}
 AUX_HEADS: dict[str, Callable[..., Any]] = {
     'fcn': auxiliary_fcn_head,  # mmseg's auxiliary FCNHead on stage3 (one conv, C/4 = 256 channels on ResNet50)
 }
@@ -77,6 +68,18 @@ def _choice(config: Mapping, key: str, allowed) -> Any:
   return value
 
 
+def stages_read(head) -> set[str]:
+  """The stage maps a head reads: its `stages` / `in_stage` / `low_level` / `high_level` fields, else all.
+
+  With enhanced maps going only to the head (the code's behaviour), PCMA on a stage the head does not read
+  changes nothing: `build` warns about such a combination.
+  """
+  if hasattr(head, 'stages'):
+    return set(head.stages)
+  fields = [getattr(head, name) for name in ('in_stage', 'low_level', 'high_level') if hasattr(head, name)]
+  return set(fields) if fields else set(STAGES)
+
+
 def build(config: Mapping, num_classes: int) -> Segmenter:
   """The `Segmenter` described by `config` (see `default_model_config`) for `num_classes` classes."""
   encoder = _choice(config, 'encoder', ('ma', 'plain'))
@@ -97,9 +100,9 @@ def build(config: Mapping, num_classes: int) -> Segmenter:
     options = dict(config['pcma'])
     options['stages'] = tuple(options['stages'])
     pcma = PCMAOptions(**options)
-    read = STAGES_READ.get(head_name, ())
-    if read and not pcma.feed_forward and not set(read) & set(pcma.stages):
+    read = stages_read(head)
+    if not pcma.feed_forward and not read & set(pcma.stages):
       logging.warning('model.head=%r reads only %s, and PCMA sits on %s without feed_forward: the memory '
                       'cannot change its logits. Put PCMA on a stage the head reads (e.g. stage4) or set '
-                      'model.pcma.feed_forward=True.', head_name, read, pcma.stages)
+                      'model.pcma.feed_forward=True.', head_name, sorted(read), pcma.stages)
   return Segmenter(backbone=backbone, head=head, num_classes=num_classes, pcma=pcma, aux_head=aux_head)

@@ -1,0 +1,44 @@
+r"""Evaluates a training run: streams every sequence of a split with memory, reports mIoU and per-class IoU.
+
+    python eval.py --workdir=/tmp/syn_ma [--split=val] [--checkpoint=best|latest|STEP] [--overlays=8]
+
+Restores the best checkpoint by validation mIoU (or the latest), with the config it was trained with, and
+writes <workdir>/eval_<split>.json (mIoU, per-class IoU, pixel accuracy, frames/s, confusion matrix) and, with
+--overlays=N, N PNG panels (frame | prediction overlay | ground truth) under <workdir>/overlays/<split>/.
+"""
+from absl import app, flags, logging
+
+from ma_resnet import cli
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('workdir', None, 'Run folder written by train.py.')
+flags.DEFINE_string('split', None, 'Split to evaluate (default: the run config\'s eval_split).')
+flags.DEFINE_string('checkpoint', 'best', "'best' (by validation mIoU), 'latest' or a step number.")
+flags.DEFINE_integer('overlays', 0, 'Save prediction overlays of this many frames.')
+flags.DEFINE_integer('eval_batch_size', None, 'Sequences streamed side by side (default: the run config\'s).')
+flags.DEFINE_string('data_root', None, 'Override data.root of the run config.')
+flags.mark_flags_as_required(['workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    cli.fail(f'unexpected arguments: {" ".join(argv[1:])}', cli.EXIT_USAGE)
+  logging.set_verbosity(logging.INFO)
+
+  def run():
+    from ma_resnet import evaluation
+    metrics, report = evaluation.evaluate_workdir(
+        FLAGS.workdir, split=FLAGS.split, checkpoint=FLAGS.checkpoint, overlays=FLAGS.overlays,
+        eval_batch_size=FLAGS.eval_batch_size, data_root=FLAGS.data_root)
+    print(f'{report["dataset"]} {report["split"]}, checkpoint step {report["checkpoint"]["step"]} '
+          f'({report["checkpoint"]["which"]})')
+    print(metrics.table())
+    print(f'report: {report.get("report_path")}')
+    if report['overlays']:
+      print(f'overlays: {len(report["overlays"])} PNGs in {report["overlays"][0].rsplit("/", 1)[0]}')
+
+  cli.run_guarded(run)
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=cli.make_flags_parser('config'))

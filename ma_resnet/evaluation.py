@@ -1,0 +1,384 @@
+"""Streaming evaluation: every sequence of a split, frame by frame in time order, memory carried across frames.
+
+    evaluator = Evaluator(model, data_config, 'val', lanes=4, mesh=mesh)
+    metrics = evaluator.evaluate(variables)          # EvalMetrics: miou, per_class_iou, pixel_accuracy, ...
+
+How it runs. `lanes` sequences are streamed side by side (a batch of `lanes` frames per step; lane g plays
+sequences g, g + lanes, g + 2 lanes, ...). Each step calls the jitted `model.step(frame, memory, reset)`; `reset`
+is the frame's `sequence_start`, so a lane's memory is cleared whenever it starts a new sequence, exactly as
+when one sequence is played alone. A lane that has run out of frames is fed a blank, unscored frame. With
+several devices the lanes are split over them (the memory too); with several processes each process reads and
+scores its own lanes.
+
+Scoring. The arg-max predictions come back to the host, and for every labelled frame the confusion matrix
+(ground truth x prediction, int64, classes 0..K-1, label 255 excluded) is accumulated with numpy. From it:
+IoU_k = TP / (TP + FP + FN) (NaN for a class absent from both ground truth and prediction, left out of the
+mean), mIoU = mean of the defined IoU_k, pixel accuracy = trace / total. Frames per second count every frame
+streamed (labelled or not) per second of wall time, excluding the first step (compilation).
+
+`evaluate_workdir(workdir, ...)` is `eval.py`: restore the best (or latest) checkpoint of a run, evaluate,
+write `eval_<split>.json`, overlays and a per-class table.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Any, Callable, Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ma_resnet import data as data_lib
+from ma_resnet import parallel
+
+IGNORE_INDEX = data_lib.IGNORE_INDEX
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Confusion matrix and scores (numpy).
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int,
+                     ignore_index: int = IGNORE_INDEX) -> np.ndarray:
+  """int64 (K, K): entry [i, j] counts pixels of ground truth i predicted as j; ignored pixels skipped.
+
+  Labels outside 0..K-1 other than `ignore_index` are an error (they would be silently dropped otherwise).
+  """
+  labels = np.asarray(labels).ravel().astype(np.int64)
+  predictions = np.asarray(predictions).ravel().astype(np.int64)
+  keep = labels != ignore_index
+  labels, predictions = labels[keep], predictions[keep]
+  if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+    raise ValueError(f'label values outside 0..{num_classes - 1} (and not {ignore_index}): '
+                     f'{sorted(set(np.unique(labels).tolist()) - set(range(num_classes)))}')
+  if predictions.size and (predictions.min() < 0 or predictions.max() >= num_classes):
+    raise ValueError(f'prediction values outside 0..{num_classes - 1}')
+  return np.bincount(labels * num_classes + predictions, minlength=num_classes * num_classes
+                     ).reshape(num_classes, num_classes).astype(np.int64)
+
+
+def iou_per_class(confusion: np.ndarray) -> np.ndarray:
+  """float64 (K,): TP / (TP + FP + FN); NaN where the class is in neither ground truth nor prediction."""
+  confusion = np.asarray(confusion, np.float64)
+  tp = np.diag(confusion)
+  union = confusion.sum(0) + confusion.sum(1) - tp
+  with np.errstate(invalid='ignore', divide='ignore'):
+    return np.where(union > 0, tp / np.where(union > 0, union, 1), np.nan)
+
+
+def mean_iou(confusion: np.ndarray) -> float:
+  iou = iou_per_class(confusion)
+  return float(np.nanmean(iou)) if np.any(~np.isnan(iou)) else float('nan')
+
+
+def pixel_accuracy(confusion: np.ndarray) -> float:
+  total = confusion.sum()
+  return float(np.trace(confusion) / total) if total else float('nan')
+
+
+@dataclasses.dataclass
+class EvalMetrics:
+  """The result of one evaluation pass."""
+  confusion: np.ndarray
+  class_names: Sequence[str]
+  frames: int
+  labelled_frames: int
+  seconds: float
+  frames_per_second: float
+  split: str = ''
+
+  @property
+  def per_class_iou(self) -> np.ndarray:
+    return iou_per_class(self.confusion)
+
+  @property
+  def miou(self) -> float:
+    return mean_iou(self.confusion)
+
+  @property
+  def pixel_accuracy(self) -> float:
+    return pixel_accuracy(self.confusion)
+
+  def scalars(self) -> dict[str, float]:
+    return {'miou': self.miou, 'pixel_accuracy': self.pixel_accuracy,
+            'frames_per_second': self.frames_per_second}
+
+  def to_json(self) -> dict[str, Any]:
+    nan_to_none = lambda x: None if x is None or (isinstance(x, float) and math.isnan(x)) else x
+    return {
+        'split': self.split,
+        'miou': nan_to_none(self.miou),
+        'pixel_accuracy': nan_to_none(self.pixel_accuracy),
+        'per_class_iou': {name: nan_to_none(float(v)) for name, v in zip(self.class_names, self.per_class_iou)},
+        'frames': self.frames,
+        'labelled_frames': self.labelled_frames,
+        'seconds': self.seconds,
+        'frames_per_second': self.frames_per_second,
+        'confusion_matrix': self.confusion.tolist(),
+        'class_names': list(self.class_names),
+    }
+
+  def table(self) -> str:
+    """A per-class text table (IoU, ground-truth pixels), then mIoU and pixel accuracy."""
+    iou = self.per_class_iou
+    gt = self.confusion.sum(1)
+    width = max([len('class')] + [len(n) for n in self.class_names])
+    lines = [f'{"class":<{width}}  {"IoU":>7}  {"GT pixels":>12}', '-' * (width + 23)]
+    for name, v, n in zip(self.class_names, iou, gt):
+      shown = '    n/a' if np.isnan(v) else f'{100 * v:6.2f}%'
+      lines.append(f'{name:<{width}}  {shown:>7}  {int(n):>12d}')
+    lines.append('-' * (width + 23))
+    lines.append(f'{"mIoU":<{width}}  {100 * self.miou:6.2f}%')
+    lines.append(f'{"pixel accuracy":<{width}}  {100 * self.pixel_accuracy:6.2f}%')
+    lines.append(f'{self.frames} frames ({self.labelled_frames} labelled) in {self.seconds:.1f} s, '
+                 f'{self.frames_per_second:.1f} frames/s')
+    return '\n'.join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Streaming.
+
+
+@dataclasses.dataclass
+class FramePrediction:
+  """What the per-frame callback receives (host numpy)."""
+  sequence: str
+  sequence_index: int
+  frame_index: int
+  frame_number: int
+  frames: np.ndarray        # (H, W, 3) as the model saw it (normalised float32)
+  label: np.ndarray         # (H, W) int32, 255 = ignore
+  labelled: bool
+  prediction: np.ndarray    # (H, W) int32
+
+
+def _lane_lengths(sequences, lanes: int) -> list[int]:
+  return [sum(sequences.sequence_length(i) for i in range(g, sequences.num_sequences, lanes))
+          for g in range(lanes)]
+
+
+class Evaluator:
+  """Streams a split through `model.step` and scores it (see the module docstring)."""
+
+  def __init__(self, model, data_config, split: str, *, lanes: int = 1, mesh=None,
+               class_names: Sequence[str] | None = None):
+    self.model = model
+    self.data_config = data_config
+    self.split = split
+    self.mesh = mesh or parallel.make_mesh()
+    devices = self.mesh.devices.size
+    self.lanes = int(lanes)
+    if devices > 1 and self.lanes % devices:
+      raise ValueError(f'evaluation lanes ({self.lanes}) must be a multiple of the {devices} devices')
+    if self.lanes % jax.process_count():
+      raise ValueError(f'evaluation lanes ({self.lanes}) must be a multiple of the {jax.process_count()} '
+                       'processes')
+    self.num_classes = data_lib.num_classes(data_config)
+    self.class_names = tuple(class_names or data_lib.class_names(data_config))
+    # A single lane on several devices is replicated; otherwise lanes are split over the devices.
+    self._batch_sharding = (parallel.data_sharding(self.mesh) if devices > 1
+                            else parallel.replicated(self.mesh))
+    replicated = parallel.replicated(self.mesh)
+
+    def step(variables, frames, memory, reset):
+      out = model.apply(variables, frames, memory, reset, method=model.step)
+      return jnp.argmax(out.logits, axis=-1).astype(jnp.int32), out.memory
+
+    self._step = jax.jit(step, in_shardings=(replicated, self._batch_sharding, self._batch_sharding,
+                                             self._batch_sharding),
+                         out_shardings=(self._batch_sharding, self._batch_sharding))
+    self._memory_fns = {}
+
+  def _empty_memory(self, image_size: tuple[int, int]):
+    fn = self._memory_fns.get(image_size)
+    if fn is None:
+      fn = jax.jit(lambda: self.model.init_memory(self.lanes, image_size), out_shardings=self._batch_sharding)
+      self._memory_fns[image_size] = fn
+    return fn()
+
+  def _local_lanes(self) -> range:
+    per_process = self.lanes // jax.process_count()
+    start = jax.process_index() * per_process
+    return range(start, start + per_process)
+
+  def evaluate(self, variables, *, callback: Callable[[FramePrediction], None] | None = None,
+               max_frames: int | None = None) -> EvalMetrics:
+    """Streams the split through `model.step` with `variables`; `callback` sees every local frame.
+
+    max_frames: stop after this many steps (per lane), for quick checks; None = the whole split.
+    """
+    sequences = data_lib.make_sequences(self.data_config, self.split)
+    lengths = _lane_lengths(sequences, self.lanes)
+    ticks = max(lengths) if lengths else 0
+    if max_frames is not None:
+      ticks = min(ticks, int(max_frames))
+    local = self._local_lanes()
+    streams: list[Iterator | None] = []
+    for g in local:
+      if lengths[g]:
+        streams.append(iter(data_lib.make_eval_stream(self.data_config, self.split, shard_index=g,
+                                                       shard_count=self.lanes)))
+      else:
+        streams.append(None)
+
+    confusion = np.zeros((self.num_classes, self.num_classes), np.int64)
+    frames_seen = labelled_seen = 0
+    memory = None
+    image_size = None
+    start = time.time()
+    steady_start, steady_frames = None, 0
+    for tick in range(ticks):
+      items = []
+      for lane, stream in enumerate(streams):
+        item = next(stream, None) if stream is not None else None
+        if item is None:
+          streams[lane] = None
+        items.append(item)
+      real = [it for it in items if it is not None]
+      sizes = {tuple(it['frames'].shape[2:4]) for it in real}
+      if len(sizes) > 1:
+        raise ValueError(f'frames of different sizes {sorted(sizes)} in one evaluation step: set '
+                         'data.eval_size to evaluate several sequences side by side, or eval_batch_size=1')
+      size = sizes.pop() if sizes else image_size
+      if size is None:  # this process has no frame at all at this step; any size works for the blanks
+        size = tuple(int(s) for s in self.data_config.eval_size or self.data_config.crop_size)
+      if size != image_size:
+        if image_size is not None and not all(bool(it['sequence_start'][0, 0]) for it in real):
+          raise ValueError(f'frame size changed from {image_size} to {size} within a sequence')
+        image_size = size
+        memory = self._empty_memory(image_size)
+      frames = np.zeros((len(items),) + image_size + (3,), np.float32)
+      reset = np.ones((len(items),), bool)
+      for lane, it in enumerate(items):
+        if it is not None:
+          frames[lane] = it['frames'][0, 0]
+          reset[lane] = bool(it['sequence_start'][0, 0])
+      global_frames = jax.make_array_from_process_local_data(self._batch_sharding, frames,
+                                                              (self.lanes,) + frames.shape[1:])
+      global_reset = jax.make_array_from_process_local_data(self._batch_sharding, reset, (self.lanes,))
+      predictions, memory = self._step(variables, global_frames, memory, global_reset)
+      predictions = parallel.local_rows(predictions)
+      for lane, it in enumerate(items):
+        if it is None:
+          continue
+        frames_seen += 1
+        label = it['labels'][0, 0]
+        labelled = bool(it['labelled'][0, 0])
+        if labelled:
+          labelled_seen += 1
+          confusion += confusion_matrix(label, predictions[lane], self.num_classes)
+        if callback is not None:
+          callback(FramePrediction(sequence=str(it['sequence']), sequence_index=int(it['sequence_index']),
+                                   frame_index=int(it['frame_index']),
+                                   frame_number=int(it['frame_number']), frames=it['frames'][0, 0],
+                                   label=label, labelled=labelled, prediction=predictions[lane]))
+      if tick == 0:
+        steady_start = time.time()
+      else:
+        steady_frames += len(real)
+    seconds = time.time() - start
+    steady_seconds = time.time() - steady_start if steady_start is not None else 0.0
+    confusion = parallel.sum_over_processes(confusion)
+    counts = parallel.sum_over_processes(np.array([frames_seen, labelled_seen, steady_frames], np.int64))
+    frames_seen, labelled_seen, steady_frames = (int(c) for c in counts)
+    fps = steady_frames / steady_seconds if steady_seconds > 0 and steady_frames else (
+        frames_seen / seconds if seconds > 0 else 0.0)
+    return EvalMetrics(confusion=confusion, class_names=self.class_names, frames=frames_seen,
+                       labelled_frames=labelled_seen, seconds=seconds, frames_per_second=fps, split=self.split)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# eval.py
+
+
+def _load_run_config(workdir: str, ckpt, step: int):
+  import ml_collections
+  try:
+    stored = ckpt.stored_config(step)
+  except Exception:  # older checkpoints without the config item: fall back to config.json
+    path = os.path.join(workdir, 'config.json')
+    if not os.path.exists(path):
+      raise FileNotFoundError(f'no config stored in {ckpt.step_path(step)} and no {path}') from None
+    with open(path) as f:
+      stored = json.load(f)
+  return ml_collections.ConfigDict(stored)
+
+
+def evaluate_workdir(workdir: str, *, split: str | None = None, checkpoint: str = 'best', overlays: int = 0,
+                     eval_batch_size: int | None = None, data_root: str | None = None,
+                     report_path: str | None = None) -> tuple[EvalMetrics, dict]:
+  """Evaluates a training run's checkpoint (see `eval.py`). Returns (metrics, the JSON report written)."""
+  from ma_resnet import checkpoints as checkpoints_lib
+  from ma_resnet import logging_utils, visualize
+  from ma_resnet import training
+
+  workdir = os.path.abspath(workdir)
+  ckpt = checkpoints_lib.TrainCheckpoints(os.path.join(workdir, checkpoints_lib.CHECKPOINT_DIR))
+  if not ckpt.all_steps():
+    raise FileNotFoundError(f'no checkpoint in {ckpt.directory}: train first (train.py --workdir={workdir})')
+  if checkpoint == 'best':
+    step = ckpt.best_step()
+  elif checkpoint == 'latest':
+    step = ckpt.latest_step()
+  else:
+    step = int(checkpoint)
+    if step not in ckpt.all_steps():
+      raise FileNotFoundError(f'no checkpoint of step {step} in {ckpt.directory} (steps: {ckpt.all_steps()})')
+  config = _load_run_config(workdir, ckpt, step)
+  if data_root:
+    config.data.root = data_root
+  split = split or config.get('eval_split', 'val')
+  mesh = parallel.make_mesh()
+  lanes = int(eval_batch_size or config.get('eval_batch_size', 1))
+  devices = mesh.devices.size
+  if devices > 1:
+    lanes = -(-lanes // devices) * devices
+  sequences = data_lib.make_sequences(config.data, split)  # a missing split fails here, before compiling
+  num_classes = data_lib.num_classes(config.data)
+  config.remat = False
+  model = training.build_model(config, num_classes)
+  variables = ckpt.restore_variables(step, mesh)
+  stored_metrics = ckpt.metrics(step)
+
+  palette = data_lib.palette(config.data)
+  mean, std = config.data.mean, config.data.std
+  overlay_dir = os.path.join(workdir, 'overlays', split)
+  saved = []
+
+  # The first `overlays` frames of the split in stream order (sequence 0 from its first frame, then 1, ...),
+  # whichever lane plays them.
+  offsets = np.cumsum([0] + [sequences.sequence_length(i) for i in range(sequences.num_sequences)])
+
+  def save_overlay(frame: FramePrediction):
+    if jax.process_index() != 0 or offsets[frame.sequence_index] + frame.frame_index >= overlays:
+      return  # (with several processes: the frames that process 0 plays)
+    image = visualize.denormalize(frame.frames, mean, std)
+    label = frame.label if frame.labelled else None
+    path = os.path.join(overlay_dir, f'{frame.sequence}_{frame.frame_number:06d}.png')
+    visualize.save_png(path, visualize.panel(image, frame.prediction, label, palette))
+    saved.append(path)
+
+  evaluator = Evaluator(model, config.data, split, lanes=lanes, mesh=mesh,
+                        class_names=data_lib.class_names(config.data))
+  metrics = evaluator.evaluate(variables, callback=save_overlay if overlays > 0 else None)
+  saved.sort()
+  report = {
+      'workdir': workdir,
+      'checkpoint': {'which': checkpoint, 'step': step, 'path': ckpt.step_path(step),
+                     'stored_metrics': stored_metrics},
+      'model': {'encoder': config.model.encoder, 'depth': config.model.depth, 'head': config.model.head},
+      'dataset': config.data.name,
+      'eval_batch_size': lanes,
+      **metrics.to_json(),
+      'overlays': saved,
+  }
+  if jax.process_index() == 0:
+    path = report_path or os.path.join(workdir, f'eval_{split}.json')
+    logging_utils.atomic_write_text(path, json.dumps(report, indent=2) + '\n')
+    report['report_path'] = path
+  ckpt.close()
+  return metrics, report

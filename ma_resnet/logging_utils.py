@@ -1,0 +1,151 @@
+"""Run logs in the workdir: TensorBoard events, `metrics.jsonl`, `config.json`, and the progress bar.
+
+Only process 0 writes. `metrics.jsonl` has one JSON object per line: {"step": s, "loss": ..., "lr": ..., ...}
+for every training step, and {"step": s, "eval/miou": ...} after each validation run. When a run resumes
+from step s, the lines of steps after s (written by the interrupted run, possibly cut mid-line) are dropped
+first, so the file reads as one uninterrupted run.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+
+import jax
+from absl import logging
+
+METRICS_FILE = 'metrics.jsonl'
+CONFIG_FILE = 'config.json'
+
+
+def atomic_write_text(path: str, text: str) -> None:
+  """Writes `text` to `path` through a temporary file in the same folder and a rename."""
+  folder = os.path.dirname(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', dir=folder)
+  try:
+    with os.fdopen(fd, 'w') as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def write_config(workdir: str, config) -> None:
+  """The resolved config as `<workdir>/config.json`."""
+  if jax.process_index() == 0:
+    atomic_write_text(os.path.join(workdir, CONFIG_FILE), config.to_json(indent=2, sort_keys=True) + '\n')
+
+
+def read_jsonl(path: str) -> list[dict]:
+  """The well-formed lines of a JSON-lines file (a line cut by a crash is skipped)."""
+  records = []
+  if not os.path.exists(path):
+    return records
+  with open(path) as f:
+    for line in f:
+      try:
+        records.append(json.loads(line))
+      except ValueError:
+        continue
+  return records
+
+
+def _json_value(v):
+  v = float(v)
+  return v if math.isfinite(v) else str(v)
+
+
+class MetricWriter:
+  """Scalars to TensorBoard (tensorboardX) and to `metrics.jsonl` in `workdir` (process 0 only)."""
+
+  def __init__(self, workdir: str, resume_step: int = 0):
+    self.workdir = workdir
+    self.enabled = jax.process_index() == 0
+    self._tb = None
+    self._jsonl = None
+    if not self.enabled:
+      return
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, METRICS_FILE)
+    if os.path.exists(path):  # drop what an interrupted run logged after the checkpoint we resume from
+      kept = [r for r in read_jsonl(path) if int(r.get('step', 0)) <= resume_step]
+      atomic_write_text(path, ''.join(json.dumps(r) + '\n' for r in kept))
+    self._jsonl = open(path, 'a')
+    try:
+      from tensorboardX import SummaryWriter
+      self._tb = SummaryWriter(logdir=workdir, purge_step=resume_step if resume_step > 0 else None)
+    except ImportError:  # pragma: no cover - tensorboardX is a dependency of the training scripts
+      logging.warning('tensorboardX is not installed: no TensorBoard event files')
+
+  def write_jsonl(self, step: int, values: dict) -> None:
+    if self._jsonl is not None:
+      self._jsonl.write(json.dumps({'step': int(step), **{k: _json_value(v) for k, v in values.items()}}) + '\n')
+      self._jsonl.flush()
+
+  def write_scalars(self, step: int, values: dict) -> None:
+    if not self.enabled:
+      return
+    if self._tb is not None:
+      for key, value in values.items():
+        self._tb.add_scalar(key, float(value), int(step))
+      self._tb.flush()
+    if any(k.startswith('eval/') for k in values):
+      self.write_jsonl(step, values)
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+      self._tb = None
+    if self._jsonl is not None:
+      self._jsonl.close()
+      self._jsonl = None
+
+
+class StepTimer:
+  """Steps per second since the previous call."""
+
+  def __init__(self, step: int):
+    self._step, self._time = step, time.time()
+
+  def steps_per_second(self, step: int) -> float:
+    now = time.time()
+    rate = (step - self._step) / max(now - self._time, 1e-9)
+    self._step, self._time = step, now
+    return rate
+
+
+class ProgressBar:
+  """A tqdm bar over training steps (step, loss, lr, steps/s); silent on processes other than 0."""
+
+  def __init__(self, total: int, initial: int = 0, enabled: bool = True):
+    self._bar = None
+    if enabled and jax.process_index() == 0:
+      from tqdm import tqdm
+      self._bar = tqdm(total=total, initial=initial, unit='step', dynamic_ncols=True, file=sys.stderr,
+                       mininterval=1.0)
+
+  def update_to(self, step: int, **postfix) -> None:
+    if self._bar is None:
+      return
+    self._bar.update(step - self._bar.n)
+    self._bar.set_postfix({k: (f'{v:.4g}' if isinstance(v, float) else v) for k, v in postfix.items()},
+                          refresh=True)
+
+  def write(self, message: str) -> None:
+    if self._bar is not None:
+      self._bar.write(message)
+    elif jax.process_index() == 0:
+      print(message, file=sys.stderr)
+
+  def close(self) -> None:
+    if self._bar is not None:
+      self._bar.close()
+      self._bar = None

@@ -1,0 +1,119 @@
+"""The training configuration: every field `train.py` / `eval.py` read, with defaults and checks.
+
+The experiment files under `configs/` start from `base_config(dataset)` and override what they need; every
+field can then be overridden on the command line (`--config.optimizer.lr=0.01`). A key that does not exist is
+an error (the config is locked), so a typo never silently trains with a default.
+
+Fields
+------
+  model                  `ma_resnet.models.default_model_config()` (encoder, depth, variant, head, pcma, ...).
+                         `model.dtype` is linked to `compute_dtype`: set either one.
+  data                   `ma_resnet.data.default_data_config(name)` (root, clip_length, crop_size, ...).
+                         Its own `batch_size` / `seed` are ignored: the top-level fields below win.
+  optimizer.name         'sgd' (SGD with momentum, L2 weight decay added to the gradient, as in PaddleSeg)
+  optimizer.lr           peak learning rate (poly decay starts here after warm-up)
+  optimizer.end_lr       learning rate reached at `num_steps`
+  optimizer.power        poly power: lr(t) = (lr - end_lr) (1 - t / T)^power + end_lr
+  optimizer.momentum     SGD momentum (0: plain SGD)
+  optimizer.nesterov     Nesterov momentum
+  optimizer.weight_decay L2 coefficient (coupled: grad += wd * param)
+  optimizer.weight_decay_on  'all' (every parameter, as in PaddleSeg) | 'kernels' (conv/dense kernels only)
+  optimizer.warmup       linear warm-up steps from 0 to lr (0: none)
+  optimizer.grad_clip_norm  clip gradients to this global norm (0: off)
+  num_steps              training steps (one global batch each)
+  batch_size             global batch (clips); split evenly over processes and sharded over all devices
+  seed                   parameter init, dropout and data order seed
+  log_every              steps between progress/scalar logs (and NaN checks)
+  eval_every             steps between validation runs (0: only at the end, -1: never)
+  eval_split             split evaluated during training ('val')
+  eval_batch_size        sequences streamed side by side in evaluation (rounded up to the device count)
+  checkpoint_every       steps between checkpoints (and one at the end)
+  keep_checkpoints       latest checkpoints kept (the best one by validation mIoU is kept in addition)
+  init_from              '' or the folder of a converted torchvision/Paddle ResNet (`python -m
+                         ma_resnet.convert ...`): its variables become the encoder (`backbone`) at step 0
+  compute_dtype          'float32' | 'bfloat16' (parameters, optimizer state and the loss stay float32)
+  remat                  rematerialise the backbone in the backward pass (saves activation memory on long
+                         clips at the cost of a second backbone forward)
+  aux_loss_weight        weight of the auxiliary head's loss (used when model.aux_head is set)
+  loss_on_warmup_frames  True: every labelled frame counts in the loss. False: only frames the memory
+                         enhanced (`SegmenterOutput.enhanced`), as the authors' code, which outputs nothing
+                         for warm-up frames; a plain encoder counts every frame either way
+  distributed            'auto' | 'yes' | 'no': call jax.distributed.initialize() (auto: when a multi-process
+                         launch is detected in the environment)
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from ma_resnet.data import default_data_config
+from ma_resnet.models import default_model_config
+
+OPTIMIZERS = ('sgd',)
+COMPUTE_DTYPES = ('float32', 'bfloat16')
+
+
+def base_config(dataset: str = 'synthetic') -> ml_collections.ConfigDict:
+  """Every training field with its default, for `dataset` ('synthetic' | 'camvid' | 'vspw')."""
+  config = ml_collections.ConfigDict()
+  config.compute_dtype = 'float32'
+  config.model = default_model_config()
+  config.model.dtype = config.get_ref('compute_dtype')
+  config.data = default_data_config(dataset)
+
+  config.optimizer = ml_collections.ConfigDict({
+      'name': 'sgd',
+      'lr': 0.1,
+      'end_lr': 0.001,
+      'power': 0.9,
+      'momentum': 0.9,
+      'nesterov': False,
+      'weight_decay': 4e-5,
+      'weight_decay_on': 'all',
+      'warmup': 0,
+      'grad_clip_norm': 0.0,
+  })
+  config.num_steps = 1000
+  config.batch_size = 2
+  config.seed = 0
+
+  config.log_every = 50
+  config.eval_every = 0
+  config.eval_split = 'val'
+  config.eval_batch_size = 1
+  config.checkpoint_every = 1000
+  config.keep_checkpoints = 2
+
+  config.init_from = ''
+  config.remat = False
+  config.aux_loss_weight = 0.4
+  config.loss_on_warmup_frames = True
+  config.distributed = 'auto'
+  return config
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the field when a value is out of range (before anything is written)."""
+  def need(condition, message):
+    if not condition:
+      raise ValueError(f'invalid config: {message}')
+
+  opt = config.optimizer
+  need(opt.name in OPTIMIZERS, f'optimizer.name must be one of {OPTIMIZERS}, got {opt.name!r}')
+  need(opt.weight_decay_on in ('all', 'kernels'),
+       f"optimizer.weight_decay_on must be 'all' or 'kernels', got {opt.weight_decay_on!r}")
+  need(opt.warmup >= 0, f'optimizer.warmup must be >= 0, got {opt.warmup}')
+  need(opt.lr > 0 and opt.end_lr >= 0, f'optimizer.lr must be > 0 and end_lr >= 0, got {opt.lr}, {opt.end_lr}')
+  need(config.num_steps >= 1, f'num_steps must be >= 1, got {config.num_steps}')
+  need(config.batch_size >= 1, f'batch_size must be >= 1, got {config.batch_size}')
+  need(config.log_every >= 1, f'log_every must be >= 1, got {config.log_every}')
+  need(config.checkpoint_every >= 1, f'checkpoint_every must be >= 1, got {config.checkpoint_every}')
+  need(config.eval_every >= -1, f'eval_every must be >= -1, got {config.eval_every}')
+  need(config.eval_batch_size >= 1, f'eval_batch_size must be >= 1, got {config.eval_batch_size}')
+  need(config.keep_checkpoints >= 1, f'keep_checkpoints must be >= 1, got {config.keep_checkpoints}')
+  need(config.compute_dtype in COMPUTE_DTYPES,
+       f'compute_dtype must be one of {COMPUTE_DTYPES}, got {config.compute_dtype!r}')
+  need(config.model.dtype == config.compute_dtype,
+       f'model.dtype ({config.model.dtype!r}) and compute_dtype ({config.compute_dtype!r}) differ; set one')
+  need(config.distributed in ('auto', 'yes', 'no'),
+       f"distributed must be 'auto', 'yes' or 'no', got {config.distributed!r}")
+  need(config.aux_loss_weight >= 0, f'aux_loss_weight must be >= 0, got {config.aux_loss_weight}')

@@ -1,0 +1,96 @@
+"""Palettes, overlays and PNG output for segmentation maps (numpy + Pillow; no JAX).
+
+    colors = colorize(prediction, palette)           # (H, W) class ids -> (H, W, 3) uint8
+    blended = overlay(image, prediction, palette)    # class colours blended over the frame
+    save_png(path, panel(image, prediction, label, palette))
+
+Ignored pixels (255, or any id outside the palette) are drawn black in `colorize` and left as the frame in
+`overlay`.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+from PIL import Image
+
+IGNORE_INDEX = 255
+IGNORE_COLOR = (0, 0, 0)
+
+
+def default_palette(num_classes: int) -> np.ndarray:
+  """uint8 (num_classes, 3): the PASCAL VOC bit-interleaved colours (distinct for any number of classes)."""
+  palette = np.zeros((num_classes, 3), np.uint8)
+  for index in range(num_classes):
+    value, r, g, b = index, 0, 0, 0
+    for bit in range(8):
+      r |= ((value >> 0) & 1) << (7 - bit)
+      g |= ((value >> 1) & 1) << (7 - bit)
+      b |= ((value >> 2) & 1) << (7 - bit)
+      value >>= 3
+    palette[index] = (r, g, b)
+  return palette
+
+
+def colorize(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
+  """(..., H, W) integer class ids -> (..., H, W, 3) uint8 colours; ids outside the palette are black."""
+  palette = np.asarray(palette, np.uint8)
+  labels = np.asarray(labels)
+  table = np.concatenate([palette, np.array([IGNORE_COLOR], np.uint8)])
+  index = np.where((labels >= 0) & (labels < len(palette)), labels, len(palette))
+  return table[index]
+
+
+def denormalize(frames: np.ndarray, mean, std) -> np.ndarray:
+  """Normalised float frames (x / 255 - mean) / std -> uint8 RGB (uint8 input is returned as is)."""
+  frames = np.asarray(frames)
+  if frames.dtype == np.uint8:
+    return frames
+  rgb = (frames * np.asarray(std, np.float32) + np.asarray(mean, np.float32)) * 255.0
+  return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+
+
+def overlay(image: np.ndarray, labels: np.ndarray, palette: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+  """The frame (H, W, 3) uint8 with class colours blended in at opacity `alpha` (ignored pixels untouched)."""
+  image = np.asarray(image, np.uint8)
+  colors = colorize(labels, palette).astype(np.float32)
+  valid = ((np.asarray(labels) >= 0) & (np.asarray(labels) < len(palette)))[..., None]
+  blended = (1.0 - alpha) * image.astype(np.float32) + alpha * colors
+  return np.where(valid, np.clip(np.rint(blended), 0, 255), image).astype(np.uint8)
+
+
+def panel(image: np.ndarray, prediction: np.ndarray, label: np.ndarray | None, palette: np.ndarray,
+          alpha: float = 0.5, gap: int = 4) -> np.ndarray:
+  """A horizontal strip: frame | prediction overlay | ground-truth colours (when `label` is given)."""
+  parts = [np.asarray(image, np.uint8), overlay(image, prediction, palette, alpha)]
+  if label is not None:
+    parts.append(colorize(label, palette))
+  h = parts[0].shape[0]
+  spacer = np.full((h, gap, 3), 255, np.uint8)
+  strip = [parts[0]]
+  for part in parts[1:]:
+    strip += [spacer, part]
+  return np.concatenate(strip, axis=1)
+
+
+def save_png(path: str, array: np.ndarray) -> str:
+  """Writes an (H, W, 3) or (H, W) uint8 array as PNG, atomically (temporary file + rename)."""
+  path = os.path.abspath(path)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path), suffix='.png', dir=os.path.dirname(path))
+  os.close(fd)
+  try:
+    Image.fromarray(np.asarray(array, np.uint8)).save(tmp, format='PNG')
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+  return path
+
+
+def legend(class_names, palette: np.ndarray, swatch: int = 16) -> np.ndarray:
+  """A vertical strip of class-colour swatches (one row per class), for reports."""
+  rows = [np.broadcast_to(np.asarray(palette[i], np.uint8), (swatch, swatch, 3)) for i in range(len(class_names))]
+  return np.concatenate(rows, axis=0) if rows else np.zeros((0, swatch, 3), np.uint8)

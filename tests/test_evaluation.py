@@ -1,0 +1,116 @@
+"""Evaluation: confusion-matrix scores, streaming with memory, eval.py report and overlays."""
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+import test_training_support as support
+from ma_resnet import checkpoints, evaluation, training, visualize
+from ma_resnet import data as data_lib
+
+
+def test_confusion_matrix_and_scores():
+  labels = np.array([[0, 0, 1, 1], [2, 2, 255, 1]])
+  preds = np.array([[0, 1, 1, 1], [2, 0, 2, 3]])
+  conf = evaluation.confusion_matrix(labels, preds, num_classes=4)
+  assert conf.dtype == np.int64 and conf.sum() == 7
+  assert conf[0, 0] == 1 and conf[0, 1] == 1 and conf[1, 1] == 2 and conf[1, 3] == 1
+  assert conf[2, 2] == 1 and conf[2, 0] == 1
+  iou = evaluation.iou_per_class(conf)
+  np.testing.assert_allclose(iou[:4], [1 / 3, 2 / 4, 1 / 2, 0.0])
+  np.testing.assert_allclose(evaluation.mean_iou(conf), np.mean([1 / 3, 2 / 4, 1 / 2, 0.0]))
+  np.testing.assert_allclose(evaluation.pixel_accuracy(conf), 4 / 7)
+  # A class in neither ground truth nor prediction has no IoU and is left out of the mean.
+  conf5 = evaluation.confusion_matrix(labels, preds, num_classes=5)
+  assert np.isnan(evaluation.iou_per_class(conf5)[4])
+  np.testing.assert_allclose(evaluation.mean_iou(conf5), evaluation.mean_iou(conf))
+  with pytest.raises(ValueError, match='outside'):
+    evaluation.confusion_matrix(np.array([7]), np.array([0]), num_classes=4)
+
+
+def _independent_miou(labels, predictions, num_classes):
+  """mIoU from boolean masks, frame list by frame list (no confusion matrix)."""
+  inter = np.zeros(num_classes)
+  union = np.zeros(num_classes)
+  for label, pred in zip(labels, predictions):
+    valid = label != 255
+    for k in range(num_classes):
+      inter[k] += np.sum((label == k) & (pred == k) & valid)
+      union[k] += np.sum(((label == k) | (pred == k)) & valid)
+  present = union > 0
+  return float(np.mean(inter[present] / union[present]))
+
+
+@pytest.mark.parametrize('lanes', [1, 2])
+def test_streaming_miou_equals_an_independent_numpy_computation(lanes):
+  reference = support.reference_run()
+  config = support.load_test_config()
+  num_classes = data_lib.num_classes(config.data)
+  model = training.build_model(config, num_classes)
+  store = checkpoints.TrainCheckpoints(os.path.join(reference, 'checkpoints'))
+  variables = store.restore_variables(store.latest_step())
+  store.close()
+  seen = []
+  metrics = evaluation.Evaluator(model, config.data, 'val', lanes=lanes).evaluate(variables, callback=seen.append)
+  sequences = data_lib.make_sequences(config.data, 'val')
+  assert metrics.frames == len(seen) == sequences.num_frames
+  # Every sequence in time order, each frame once.
+  by_sequence = {}
+  for frame in seen:
+    by_sequence.setdefault(frame.sequence, []).append(frame.frame_index)
+  assert all(v == list(range(len(v))) for v in by_sequence.values())
+  labels = [f.label for f in seen if f.labelled]
+  predictions = [f.prediction for f in seen if f.labelled]
+  np.testing.assert_allclose(metrics.miou, _independent_miou(labels, predictions, num_classes), rtol=1e-12)
+
+  # The predictions are the model's: one sequence replayed through the clip interface gives the same.
+  first = sequences.sequence_names[0]
+  frames = np.stack([f.frames for f in seen if f.sequence == first])[None]
+  out = jax.jit(lambda v, c: model.apply(v, c))(variables, frames)
+  clip_predictions = np.argmax(np.asarray(out.logits[0]), axis=-1)
+  stream_predictions = np.stack([f.prediction for f in seen if f.sequence == first])
+  assert np.mean(clip_predictions == stream_predictions) > 0.999
+
+
+def test_eval_cli_writes_report_table_and_overlays():
+  workdir = support.copy_workdir(support.reference_run(), 'eval_cli')
+  result = support.run_train(workdir, '--overlays=3', '--checkpoint=latest', script='eval.py')
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'mIoU' in result.stdout and 'object_1' in result.stdout
+  with open(os.path.join(workdir, 'eval_val.json')) as f:
+    report = json.load(f)
+  assert report['checkpoint']['step'] == support.REFERENCE_STEPS
+  conf = np.array(report['confusion_matrix'])
+  np.testing.assert_allclose(report['miou'], evaluation.mean_iou(conf))
+  assert set(report['per_class_iou']) == {'background', 'object_1', 'object_2', 'object_3'}
+  assert len(report['overlays']) == 3
+  for path in report['overlays']:
+    image = np.asarray(Image.open(path))
+    assert image.ndim == 3 and image.shape[0] == 32 and image.shape[1] > 3 * 32
+
+
+def test_eval_cli_without_checkpoint_is_a_clear_error(tmp_path):
+  result = support.run_train(str(tmp_path), script='eval.py')
+  assert result.returncode != 0
+  assert 'no checkpoint' in result.stderr and 'Traceback' not in result.stderr
+
+
+def test_visualize_palette_and_overlay(tmp_path):
+  palette = np.array([[0, 0, 0], [255, 0, 0]], np.uint8)
+  labels = np.array([[0, 1], [255, 1]])
+  colors = visualize.colorize(labels, palette)
+  np.testing.assert_array_equal(colors[0, 1], [255, 0, 0])
+  np.testing.assert_array_equal(colors[1, 0], visualize.IGNORE_COLOR)
+  image = np.full((2, 2, 3), 100, np.uint8)
+  blended = visualize.overlay(image, labels, palette, alpha=0.5)
+  np.testing.assert_array_equal(blended[0, 1], [178, 50, 50])
+  np.testing.assert_array_equal(blended[1, 0], [100, 100, 100])
+  path = visualize.save_png(str(tmp_path / 'a' / 'b.png'), visualize.panel(image, labels, labels, palette))
+  assert Image.open(path).size == (2 * 3 + 2 * 4, 2)
+  frames = (np.array([[[0.5, 0.5, 0.5]]], np.float32) - 0.2) / 0.25
+  np.testing.assert_array_equal(visualize.denormalize(frames, (0.2,) * 3, (0.25,) * 3), [[[128, 128, 128]]])

@@ -1,0 +1,303 @@
+"""Training: loss, schedule, optimizer, remat, init_from, data parallelism, checkpoint atomicity, NaN stop."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import test_training_support as support
+from ma_resnet import checkpoints, evaluation, training
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Pure pieces.
+
+
+def test_loss_ignores_255_unlabelled_and_warmup_frames():
+  rng = np.random.default_rng(0)
+  logits = jnp.asarray(rng.normal(size=(2, 3, 4, 5, 6)), jnp.float32)
+  labels = rng.integers(0, 6, size=(2, 3, 4, 5)).astype(np.int32)
+  labels[0, 0, :2] = 255
+  labelled = np.array([[True, True, False], [True, True, True]])
+  enhanced = np.array([[False, True, True], [False, True, True]])
+  batch = {'labelled': jnp.asarray(labelled)}
+
+  def reference(frame_mask):
+    log_p = jax.nn.log_softmax(np.asarray(logits, np.float64), axis=-1)
+    total, count, correct = 0.0, 0, 0
+    for b in range(2):
+      for t in range(3):
+        if not frame_mask[b, t]:
+          continue
+        for y in range(4):
+          for x in range(5):
+            label = labels[b, t, y, x]
+            if label == 255:
+              continue
+            total -= float(log_p[b, t, y, x, label])
+            count += 1
+            correct += int(np.argmax(logits[b, t, y, x]) == label)
+    return total / count, correct / count
+
+  for warmup, frame_mask in ((True, labelled), (False, labelled & enhanced)):
+    weights = training.pixel_weights(jnp.asarray(labels), training.frame_weights(
+        batch, jnp.asarray(enhanced), loss_on_warmup_frames=warmup, has_memory=True))
+    ce_sum, count, correct = training.cross_entropy_sums(logits, jnp.asarray(labels), weights)
+    want_loss, want_accuracy = reference(frame_mask)
+    np.testing.assert_allclose(float(ce_sum / count), want_loss, rtol=1e-5)
+    np.testing.assert_allclose(float(correct / count), want_accuracy, rtol=1e-6)
+  # A plain encoder counts every labelled frame, whatever loss_on_warmup_frames says.
+  plain = training.frame_weights(batch, jnp.zeros((2, 3), bool), loss_on_warmup_frames=False, has_memory=False)
+  np.testing.assert_array_equal(np.asarray(plain), labelled.astype(np.float32))
+
+
+def test_poly_schedule_with_warmup():
+  config = support.load_test_config(**{'optimizer.lr': 0.1, 'optimizer.end_lr': 0.001, 'optimizer.power': 0.9,
+                                       'optimizer.warmup': 10, 'num_steps': 110})
+  schedule = training.learning_rate_schedule(config)
+  np.testing.assert_allclose(float(schedule(0)), 0.0, atol=1e-9)
+  np.testing.assert_allclose(float(schedule(5)), 0.05, rtol=1e-5)
+  np.testing.assert_allclose(float(schedule(10)), 0.1, rtol=1e-5)
+  np.testing.assert_allclose(float(schedule(60)), (0.1 - 0.001) * 0.5 ** 0.9 + 0.001, rtol=1e-5)
+  np.testing.assert_allclose(float(schedule(110)), 0.001, rtol=1e-5)
+
+
+def test_sgd_weight_decay_is_added_to_the_gradient():
+  config = support.load_test_config(**{'optimizer.momentum': 0.0, 'optimizer.weight_decay': 0.5,
+                                       'optimizer.lr': 0.1, 'optimizer.end_lr': 0.1})
+  tx = training.make_optimizer(config, training.learning_rate_schedule(config))
+  params = {'conv': {'kernel': jnp.ones(3)}, 'bn': {'scale': jnp.full(2, 2.0)}}
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  np.testing.assert_allclose(np.asarray(updates['conv']['kernel']), -0.1 * (1 + 0.5), rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(updates['bn']['scale']), -0.1 * (1 + 0.5 * 2.0), rtol=1e-6)
+  config.optimizer.weight_decay_on = 'kernels'
+  tx = training.make_optimizer(config, training.learning_rate_schedule(config))
+  updates, _ = tx.update(grads, tx.init(params), params)
+  np.testing.assert_allclose(np.asarray(updates['bn']['scale']), -0.1, rtol=1e-6)
+
+
+def _abstract_step(config):
+  """Traces one train_step of `config` (no compilation): (state, metrics) shapes, and the jaxpr text."""
+  model = training.build_model(config, 4)
+  schedule = training.learning_rate_schedule(config)
+  tx = training.make_optimizer(config, schedule)
+  state = training.abstract_train_state(config, model, tx)
+  b, (t, h, w) = 2, (config.data.clip_length, *config.data.crop_size)
+  batch = {'frames': jax.ShapeDtypeStruct((b, t, h, w, 3), jnp.float32),
+           'labels': jax.ShapeDtypeStruct((b, t, h, w), jnp.int32),
+           'labelled': jax.ShapeDtypeStruct((b, t), bool), 'sequence_start': jax.ShapeDtypeStruct((b, t), bool)}
+  step = training.make_train_step(config, schedule, has_memory=True)
+  rng = jax.random.key(0)
+  shapes = jax.eval_shape(step, state, batch, rng)
+  jaxpr = str(jax.make_jaxpr(step)(state, batch, rng))
+  return state, shapes, jaxpr
+
+
+def test_remat_and_bfloat16_options_trace_with_the_same_parameters():
+  config = support.load_test_config()
+  state, (new_state, metrics), jaxpr = _abstract_step(config)
+  assert 'checkpoint' not in jaxpr and 'remat' not in jaxpr
+  config.remat = True
+  config.compute_dtype = 'bfloat16'
+  assert config.model.dtype == 'bfloat16'  # linked
+  remat_state, (remat_new, remat_metrics), remat_jaxpr = _abstract_step(config)
+  assert 'checkpoint' in remat_jaxpr or 'remat' in remat_jaxpr  # the backbone is rematerialised
+  assert 'bf16' in remat_jaxpr
+  # Same parameter tree, parameters and optimizer state stay float32, metrics float32 scalars.
+  assert checkpoints.flat_shapes(state) == checkpoints.flat_shapes(remat_state) == \
+      checkpoints.flat_shapes(remat_new)
+  assert all(m.dtype == jnp.float32 and m.shape == () for m in remat_metrics.values())
+
+
+def test_init_from_converted_encoder(tmp_path):
+  from ma_resnet.convert.checkpoint_io import make_metadata, save_converted
+  config = support.load_test_config()
+  model = training.build_model(config, 4)
+  tx = training.make_optimizer(config, training.learning_rate_schedule(config))
+  state = training.create_train_state(config, model, tx, jax.random.key(0))
+  rng = np.random.default_rng(0)
+  other = lambda tree: jax.tree.map(lambda x: rng.normal(size=x.shape).astype(np.float32), tree)
+  backbone = {'params': other(state.params['backbone']), 'batch_stats': other(state.batch_stats['backbone'])}
+  meta = make_metadata(depth=18, variant='torchvision', framework='torchvision', converter='test',
+                       source_file=None, num_classes=None)
+  path = save_converted(backbone, meta, tmp_path / 'r18')
+  loaded = checkpoints.load_pretrained_encoder(state, path, config.model)
+  for a, b in zip(jax.tree.leaves(loaded.params['backbone']), jax.tree.leaves(backbone['params'])):
+    np.testing.assert_array_equal(np.asarray(a), b)
+  # Everything else is untouched.
+  for a, b in zip(jax.tree.leaves(loaded.params['head']), jax.tree.leaves(state.params['head'])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+  config.model.depth = 34
+  with pytest.raises(checkpoints.CheckpointMismatchError, match='ResNet18.*ResNet34'):
+    checkpoints.load_pretrained_encoder(state, path, config.model)
+  # Right depth in the metadata, wrong tree: the paths are named.
+  config.model.depth = 18
+  broken = {'params': dict(backbone['params']), 'batch_stats': backbone['batch_stats']}
+  del broken['params']['stage4']
+  path2 = save_converted(broken, meta, tmp_path / 'r18_broken')
+  with pytest.raises(checkpoints.CheckpointMismatchError, match='missing in the checkpoint.*params/stage4'):
+    checkpoints.load_pretrained_encoder(state, path2, config.model)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Runs (share the reference run of test_training_support).
+
+
+def test_four_devices_match_one_device():
+  reference = support.reference_run()
+  workdir = os.path.join(support.session_dir(), 'four_devices')
+  # Same global batch of 4 clips, one per device; validation at the end, streamed on the 4 devices.
+  result = support.run_train(workdir, '--config.num_steps=4', '--config.eval_every=0', devices=4)
+  assert result.returncode == 0, result.stderr[-3000:]
+  one, four = support.read_metrics(reference), support.read_metrics(workdir)
+  for step in range(1, 5):
+    np.testing.assert_allclose(four[step]['loss'], one[step]['loss'], rtol=1e-5, atol=1e-6)
+  a = checkpoints.TrainCheckpoints(os.path.join(reference, 'checkpoints')).restore_variables(4)
+  b = checkpoints.TrainCheckpoints(os.path.join(workdir, 'checkpoints')).restore_variables(4)
+  worst = max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in
+              zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  assert worst <= 1e-5, worst
+  # The sharded evaluation scores the 4-device checkpoint as a 1-device evaluation does.
+  config = support.load_test_config()
+  model = training.build_model(config, training.data_lib.num_classes(config.data))
+  metrics = evaluation.Evaluator(model, config.data, 'val', lanes=1).evaluate(b)
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    sharded = [json.loads(line) for line in f if 'eval/miou' in line][-1]
+  np.testing.assert_allclose(sharded['eval/miou'], metrics.miou, rtol=1e-6)
+
+
+def test_unfinished_checkpoint_is_ignored_and_training_resumes_from_the_previous_one():
+  reference = support.reference_run()
+  last = support.REFERENCE_STEPS
+  workdir = support.copy_workdir(reference, 'partial_write')
+  ckpt_dir = os.path.join(workdir, 'checkpoints')
+  # A write of step `last` that was killed before Orbax renamed it: a temporary folder, files cut short.
+  tmp = os.path.join(ckpt_dir, f'{last}.orbax-checkpoint-tmp-1700000000000000')
+  shutil.move(os.path.join(ckpt_dir, str(last)), tmp)
+  for root, _, files in os.walk(tmp):
+    for name in files[: len(files) // 2 + 1]:
+      with open(os.path.join(root, name), 'r+b') as f:
+        f.truncate(max(os.path.getsize(os.path.join(root, name)) // 2, 0))
+  store = checkpoints.TrainCheckpoints(ckpt_dir)
+  assert store.latest_step() == last - 2
+  store.close()
+
+  config = support.load_test_config(num_steps=last)
+  result = training.train_and_evaluate(config, workdir, progress=False)
+  assert result.step == last
+  assert not any('orbax-checkpoint-tmp' in n for n in os.listdir(ckpt_dir))
+  ref, got = support.read_metrics(reference), support.read_metrics(workdir)
+  assert sorted(got) == list(range(1, last + 1))
+  for step in (last - 1, last):
+    assert got[step]['loss'] == ref[step]['loss'], step
+
+
+class _PoisonedIterator:
+  """Wraps the training iterator: frames become NaN from the `after`-th batch on."""
+
+  def __init__(self, inner, after):
+    self._inner, self._after, self._count = inner, after, 0
+
+  def __next__(self):
+    batch = next(self._inner)
+    self._count += 1
+    if self._count > self._after:
+      batch = dict(batch, frames=np.full_like(batch['frames'], np.nan))
+    return batch
+
+  def __iter__(self):
+    return self
+
+  def __getattr__(self, name):  # get_state / set_state / start_prefetch
+    return getattr(self._inner, name)
+
+
+def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(monkeypatch):
+  reference = support.reference_run()
+  last = support.REFERENCE_STEPS
+  workdir = support.copy_workdir(reference, 'nan')
+  original = training.data_lib.make_train_iterator
+  monkeypatch.setattr(training.data_lib, 'make_train_iterator',
+                      lambda *a, **k: _PoisonedIterator(original(*a, **k), after=1))
+  config = support.load_test_config(num_steps=last + 6, log_every=4)
+  with pytest.raises(training.NonFiniteLossError, match=rf'loss is nan at step {last + 2}.*kept.*step {last}'):
+    training.train_and_evaluate(config, workdir, progress=False)
+  store = checkpoints.TrainCheckpoints(os.path.join(workdir, 'checkpoints'))
+  assert store.latest_step() == last
+  variables = store.restore_variables(last)
+  assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(variables))
+  store.close()
+  # The good step before the NaN is logged, nothing after it.
+  assert max(support.read_metrics(workdir)) == last + 1
+
+
+def test_checkpoints_keep_the_latest_and_the_best_and_restore_the_data_position(tmp_path):
+  config = support.load_test_config()
+  state = {'step': jnp.zeros((), jnp.int32), 'params': {'w': jnp.arange(3.0)}}
+  iterator = training.data_lib.make_train_iterator(config.data, batch_size=2, seed=0, shard_index=0,
+                                                   shard_count=1)
+  store = checkpoints.TrainCheckpoints(str(tmp_path / 'checkpoints'), keep=2)
+  assert store.latest_step() is None and not (tmp_path / 'checkpoints').exists()  # reading writes nothing
+  store.open_for_writing(config)
+  for step, miou in ((2, 0.5), (4, None), (6, 0.3), (8, None)):
+    next(iterator)
+    state = dict(state, step=jnp.asarray(step), params={'w': jnp.arange(3.0) + step})
+    store.save(step, state, iterator, metrics=None if miou is None else {'miou': miou})
+  store.close()
+  reader = checkpoints.TrainCheckpoints(str(tmp_path / 'checkpoints'), keep=2)
+  assert reader.all_steps() == [2, 6, 8]  # the latest two, and the best by mIoU
+  assert reader.best_step() == 2 and reader.latest_step() == 8
+  assert reader.stored_config(8)['num_steps'] == config.num_steps
+  # The iterator restored from step 8 continues with the 5th batch, as the saved one would.
+  fresh = training.data_lib.make_train_iterator(config.data, batch_size=2, seed=0, shard_index=0, shard_count=1)
+  restored = reader.restore(8, jax.eval_shape(lambda: state), fresh)
+  np.testing.assert_array_equal(np.asarray(restored['params']['w']), np.arange(3.0) + 8)
+  np.testing.assert_array_equal(next(fresh)['frames'], next(iterator)['frames'])
+  reader.close()
+
+
+def test_multi_process_launch_detection():
+  from ma_resnet import parallel
+  assert not parallel.multi_process_launch_detected({})
+  assert not parallel.multi_process_launch_detected({'SLURM_NTASKS': '1'})
+  assert parallel.multi_process_launch_detected({'SLURM_NTASKS': '4'})
+  assert parallel.multi_process_launch_detected({'JAX_COORDINATOR_ADDRESS': '10.0.0.1:1234'})
+
+
+def test_batch_stats_of_layers_that_cannot_reach_the_loss_are_left_alone():
+  # configs/test.py: the FCN head reads stage1 only, so stages 2-4 never influence a prediction; their
+  # running statistics stay at their initial values (and XLA does not compute those stages at all).
+  reference = support.reference_run()
+  store = checkpoints.TrainCheckpoints(os.path.join(reference, 'checkpoints'))
+  early, late = store.restore_variables(2)['batch_stats'], store.restore_variables(16)['batch_stats']
+  store.close()
+  for stage in ('stage2', 'stage3', 'stage4'):
+    for a, b in zip(jax.tree.leaves(early['backbone'][stage]), jax.tree.leaves(late['backbone'][stage])):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  changed = lambda a, b: any(not np.array_equal(np.asarray(x), np.asarray(y))
+                             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  assert changed(early['backbone']['stage1'], late['backbone']['stage1'])
+  assert changed(early['head'], late['head']) and changed(early['pcma_stage1'], late['pcma_stage1'])
+  assert changed(early['backbone']['stem'], late['backbone']['stem'])
+  # The analysis itself: every module the loss uses is live, the others are not.
+  config = support.load_test_config()
+  model = training.build_model(config, 4)
+  variables = jax.eval_shape(lambda r: training.init_variables(model, r, training.example_clip_shape(config)),
+                             jax.random.key(0))  # shapes only: the analysis traces, it does not compute
+  batch_stats = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), variables['batch_stats'])
+  clip = jnp.zeros((1,) + training.example_clip_shape(config)[1:])
+
+  def loss(params):
+    out, _ = model.apply({'params': params, 'batch_stats': batch_stats}, clip, train=True,
+                         mutable=['batch_stats'], rngs={'dropout': jax.random.key(0)})
+    return jnp.sum(out.logits)
+  live = training.live_modules(loss, variables['params'])
+  assert ('backbone', 'stage1', 'block0', 'conv1', 'bn') in live and ('head', 'classifier', 'conv') in live
+  assert not any(m[:2] == ('backbone', 'stage4') for m in live)

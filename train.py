@@ -1,0 +1,44 @@
+r"""Trains a video segmentation model (MA-ResNet / plain ResNet encoder + head) and evaluates it.
+
+    python train.py --config=configs/synthetic.py --workdir=/tmp/syn_ma
+    python train.py --config=configs/camvid.py --workdir=runs/camvid_ma --config.init_from=/path/to/r50_converted
+
+Any config field can be overridden: --config.optimizer.lr=0.01 --config.model.encoder=plain.
+Running the same command again resumes from the workdir's latest checkpoint (state, data position).
+The workdir receives config.json, metrics.jsonl, TensorBoard events, checkpoints/ and train_result.json.
+Data parallel over all local devices (and all hosts of a multi-process launch; see ma_resnet/parallel.py).
+Exit codes: 0 done, 2 bad flags/config, 3 data missing, 4 checkpoint mismatch, 5 NaN/inf loss.
+"""
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from ma_resnet import cli
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'Training config file (e.g. configs/synthetic.py).',
+                                lock_config=True)
+flags.DEFINE_string('workdir', None, 'Run folder: checkpoints, logs, config.json. Resumes from it if it exists.')
+flags.DEFINE_bool('progress', True, 'Show a tqdm progress bar.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    cli.fail(f'unexpected arguments: {" ".join(argv[1:])}', cli.EXIT_USAGE)
+  logging.set_verbosity(logging.INFO)
+
+  def run():
+    from ma_resnet import parallel, training
+    parallel.initialize_distributed(FLAGS.config.distributed)
+    result = training.train_and_evaluate(FLAGS.config, FLAGS.workdir, progress=FLAGS.progress)
+    if result.eval_metrics:
+      print(f'done: step {result.step}, {FLAGS.config.eval_split} mIoU {result.eval_metrics["miou"]:.4f}, '
+            f'{result.seconds:.0f} s', flush=True)
+    else:
+      print(f'done: step {result.step}, {result.seconds:.0f} s', flush=True)
+
+  cli.run_guarded(run)
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=cli.make_flags_parser('config'))
