@@ -132,8 +132,8 @@ def main(argv=None):
     rows.append((head, result))
 
   print()
-  print(f'| head | plain ms/frame | MA ms/frame | plain fps | MA fps | MA / plain |')
-  print(f'| --- | ---: | ---: | ---: | ---: | ---: |')
+  print('| head | plain ms/frame | MA ms/frame | plain fps | MA fps | MA / plain |')
+  print('| --- | ---: | ---: | ---: | ---: | ---: |')
   for head, r in rows:
     plain, ma = r['plain'], r['ma']
     print(f'| {head} | {1e3 * plain:.1f} | {1e3 * ma:.1f} | {1 / plain:.2f} | {1 / ma:.2f} | {ma / plain:.3f} |')

@@ -1,5 +1,4 @@
 """Number for number with the authors' PaddlePaddle MA-ResNet50 + DeepLabV3+ (../shared/reference)."""
-import functools
 import importlib.util
 import pickle
 

@@ -15,7 +15,7 @@ A plain encoder (`pcma=None`) goes through the same interface with an empty memo
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
