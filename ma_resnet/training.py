@@ -160,9 +160,8 @@ def init_variables(model: nn.Module, rng: jax.Array, clip_shape) -> dict:
   return {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}
 
 
-def create_train_state(config: ml_collections.ConfigDict, model: nn.Module, tx: optax.GradientTransformation,
-                       rng: jax.Array, mesh=None) -> TrainState:
-  """A fresh `TrainState` at step 0, replicated over `mesh` when given (built directly in place by jit)."""
+def _initial_state_fn(config: ml_collections.ConfigDict, model: nn.Module, tx: optax.GradientTransformation):
+  """rng -> a fresh `TrainState` at step 0 (traced by `create_train_state` and `abstract_train_state`)."""
   clip_shape = example_clip_shape(config)
 
   def init(rng):
@@ -170,21 +169,19 @@ def create_train_state(config: ml_collections.ConfigDict, model: nn.Module, tx: 
     return TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
                       batch_stats=variables['batch_stats'], opt_state=tx.init(variables['params']),
                       apply_fn=model.apply, tx=tx)
+  return init
 
+
+def create_train_state(config: ml_collections.ConfigDict, model: nn.Module, tx: optax.GradientTransformation,
+                       rng: jax.Array, mesh=None) -> TrainState:
+  """A fresh `TrainState` at step 0, replicated over `mesh` when given (built directly in place by jit)."""
   out_shardings = parallel.replicated(mesh) if mesh is not None else None
-  return jax.jit(init, out_shardings=out_shardings)(rng)
+  return jax.jit(_initial_state_fn(config, model, tx), out_shardings=out_shardings)(rng)
 
 
 def abstract_train_state(config, model, tx) -> TrainState:
   """The shapes/dtypes of `create_train_state` without computing anything."""
-  clip_shape = example_clip_shape(config)
-
-  def init(rng):
-    variables = init_variables(model, rng, clip_shape)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
-                      batch_stats=variables['batch_stats'], opt_state=tx.init(variables['params']),
-                      apply_fn=model.apply, tx=tx)
-  return jax.eval_shape(init, jax.random.key(0))
+  return jax.eval_shape(_initial_state_fn(config, model, tx), jax.random.key(0))
 
 
 # ---------------------------------------------------------------------------------------------------------
