@@ -175,6 +175,21 @@ class TrainCheckpoints:
       return None
     return manager.best_step() or manager.latest_step()
 
+  def select_step(self, selector: str, run_dir: str | None = None) -> int:
+    """'best', 'latest' or a step number -> a step that exists; FileNotFoundError naming what is missing."""
+    steps = self.all_steps()
+    if not steps:
+      where = f'train first (python train.py --workdir={run_dir})' if run_dir else 'nothing to restore'
+      raise FileNotFoundError(f'no checkpoint in {self.directory}: {where}')
+    if selector == 'best':
+      return self.best_step()
+    if selector == 'latest':
+      return self.latest_step()
+    step = int(selector)
+    if step not in steps:
+      raise FileNotFoundError(f'no checkpoint of step {step} in {self.directory} (steps: {steps})')
+    return step
+
   def metrics(self, step: int) -> dict | None:
     manager = self._reader()
     return manager.metrics(step) if manager else None

@@ -318,16 +318,7 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, checkpoint: str 
 
   workdir = os.path.abspath(workdir)
   ckpt = checkpoints_lib.TrainCheckpoints(os.path.join(workdir, checkpoints_lib.CHECKPOINT_DIR))
-  if not ckpt.all_steps():
-    raise FileNotFoundError(f'no checkpoint in {ckpt.directory}: train first (train.py --workdir={workdir})')
-  if checkpoint == 'best':
-    step = ckpt.best_step()
-  elif checkpoint == 'latest':
-    step = ckpt.latest_step()
-  else:
-    step = int(checkpoint)
-    if step not in ckpt.all_steps():
-      raise FileNotFoundError(f'no checkpoint of step {step} in {ckpt.directory} (steps: {ckpt.all_steps()})')
+  step = ckpt.select_step(str(checkpoint), run_dir=workdir)
   config = _load_run_config(workdir, ckpt, step)
   if data_root:
     config.data.root = data_root

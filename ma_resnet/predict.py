@@ -108,19 +108,11 @@ def _open_store(directory: str):
 
 
 def _select_step(directory: str, selector: str, run_dir: str | None):
-  store, steps = _open_store(directory)
-  if not steps:
-    where = f'train first (python train.py --workdir={run_dir})' if run_dir else 'nothing to restore'
-    raise CheckpointError(f'no checkpoint in {directory}: {where}')
-  if selector == 'best':
-    step = store.best_step()
-  elif selector == 'latest':
-    step = store.latest_step()
-  else:
-    step = int(selector)
-    if step not in steps:
-      raise CheckpointError(f'no checkpoint of step {step} in {directory} (steps: {steps})')
-  return store, step
+  store, _ = _open_store(directory)
+  try:
+    return store, store.select_step(selector, run_dir)
+  except FileNotFoundError as e:
+    raise CheckpointError(str(e)) from None
 
 
 def _resolve_checkpoint(workdir: str | None, checkpoint: str | None):

@@ -409,7 +409,21 @@ def encoder_arguments(ext: str, size: tuple[int, int], lossless: bool) -> list[s
   return args
 
 
-class VideoWriter:
+class _AtomicOutput:
+  """Context manager of a writer with `commit()` (rename into place) and `abort()` (remove the partial)."""
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, exc_type, exc, tb):
+    if exc_type is None:
+      self.commit()
+    else:
+      self.abort()
+    return False
+
+
+class VideoWriter(_AtomicOutput):
   """Writes RGB frames of one size to a video file, all or nothing (see the module docstring).
 
   Args:
@@ -501,16 +515,6 @@ class VideoWriter:
       os.remove(self._tmp)
     self._log.close()
 
-  def __enter__(self):
-    return self
-
-  def __exit__(self, exc_type, exc, tb):
-    if exc_type is None:
-      self.commit()
-    else:
-      self.abort()
-    return False
-
 
 def check_labels_dir(path: str) -> str:
   """The absolute path of a labels folder to create: it must not exist, or be an empty folder."""
@@ -537,7 +541,7 @@ def label_image(labels: np.ndarray, palette: np.ndarray | None = None) -> Image.
   return image
 
 
-class LabelWriter:
+class LabelWriter(_AtomicOutput):
   """Writes one class-id PNG per frame into `folder`, all or nothing (a temporary sibling folder, renamed)."""
 
   def __init__(self, folder: str, palette: np.ndarray | None = None):
@@ -567,16 +571,6 @@ class LabelWriter:
     if not self._done:
       self._done = True
       shutil.rmtree(self._tmp, ignore_errors=True)
-
-  def __enter__(self):
-    return self
-
-  def __exit__(self, exc_type, exc, tb):
-    if exc_type is None:
-      self.commit()
-    else:
-      self.abort()
-    return False
 
 
 def write_video(path: str, frames: Sequence[np.ndarray] | np.ndarray, *, fps: float | None = None,

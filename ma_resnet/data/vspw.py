@@ -25,6 +25,7 @@ import numpy as np
 from ma_resnet.data.errors import DataError, DataNotFoundError, require_dir, require_file
 from ma_resnet.data.image_files import IGNORE_INDEX, LabelMapping
 from ma_resnet.data.sequences import FileFrame, FileSequenceDataset, list_files
+from ma_resnet.visualize import default_palette
 
 VSPW_CLASS_NAMES = (
     "wall", "ceiling", "door", "stair", "ladder", "escalator", "Playground_slide", "handrail_or_fence", "window",
@@ -48,21 +49,7 @@ VSPW_PERSON_CLASS_NAMES = ("background", "person")
 VSPW_MODES = ("semantic", "person")
 
 
-def _bit_interleaved_palette(count: int) -> np.ndarray:
-  """uint8 (count, 3): distinct colours from the bits of the class id spread over R, G, B (high bits first)."""
-  colours = np.zeros((count, 3), np.uint8)
-  for index in range(count):
-    value, r, g, b = index + 1, 0, 0, 0  # +1: no black class
-    for bit in range(8):
-      r |= ((value >> 0) & 1) << (7 - bit)
-      g |= ((value >> 1) & 1) << (7 - bit)
-      b |= ((value >> 2) & 1) << (7 - bit)
-      value >>= 3
-    colours[index] = (r, g, b)
-  return colours
-
-
-VSPW_PALETTE = _bit_interleaved_palette(VSPW_NUM_CLASSES)
+VSPW_PALETTE = default_palette(VSPW_NUM_CLASSES + 1)[1:]  # bit-interleaved colours, no black class
 VSPW_PERSON_PALETTE = np.array([[0, 0, 0], [220, 20, 60]], np.uint8)
 
 
