@@ -1,6 +1,7 @@
 r"""Evaluates a training run: streams every sequence of a split with memory, reports mIoU and per-class IoU.
 
     python eval.py --workdir=/tmp/syn_ma [--split=val] [--checkpoint=best|latest|STEP] [--overlays=8]
+        [--overlay_stride=1] [--native_labels]
 
 Restores the best checkpoint by validation mIoU (or the latest), with the config it was trained with, and
 writes <workdir>/eval_<split>.json (mIoU, per-class IoU, pixel accuracy, frames/s, confusion matrix) and, with
@@ -15,6 +16,9 @@ flags.DEFINE_string('workdir', None, 'Run folder written by train.py.')
 flags.DEFINE_string('split', None, 'Split to evaluate (default: the run config\'s eval_split).')
 flags.DEFINE_string('checkpoint', 'best', "'best' (by validation mIoU), 'latest' or a step number.")
 flags.DEFINE_integer('overlays', 0, 'Save prediction overlays of this many frames.')
+flags.DEFINE_integer('overlay_stride', 1, 'Overlays of every N-th frame of the split (1: consecutive frames).')
+flags.DEFINE_bool('native_labels', None, "Score at the labels' native size when data.eval_size resizes the "
+                  "frames (logits resized to the labels); default: the run config's data.eval_native_labels.")
 flags.DEFINE_integer('eval_batch_size', None, 'Sequences streamed side by side (default: the run config\'s).')
 flags.DEFINE_string('data_root', None, 'Override data.root of the run config.')
 flags.mark_flags_as_required(['workdir'])
@@ -29,7 +33,8 @@ def main(argv):
     from ma_resnet import evaluation
     metrics, report = evaluation.evaluate_workdir(
         FLAGS.workdir, split=FLAGS.split, checkpoint=FLAGS.checkpoint, overlays=FLAGS.overlays,
-        eval_batch_size=FLAGS.eval_batch_size, data_root=FLAGS.data_root)
+        overlay_stride=FLAGS.overlay_stride, eval_batch_size=FLAGS.eval_batch_size, data_root=FLAGS.data_root,
+        native_labels=FLAGS.native_labels)
     print(f'{report["dataset"]} {report["split"]}, checkpoint step {report["checkpoint"]["step"]} '
           f'({report["checkpoint"]["which"]})')
     print(metrics.table())

@@ -34,6 +34,7 @@ import numpy as np
 
 from ma_resnet import data as data_lib
 from ma_resnet import parallel
+from ma_resnet.models.ops import resize_bilinear
 
 IGNORE_INDEX = data_lib.IGNORE_INDEX
 
@@ -182,16 +183,32 @@ class Evaluator:
     # A single lane on several devices is replicated; otherwise lanes are split over the devices.
     self._batch_sharding = (parallel.data_sharding(self.mesh) if devices > 1
                             else parallel.replicated(self.mesh))
-    replicated = parallel.replicated(self.mesh)
-
-    def step(variables, frames, memory, reset):
-      out = model.apply(variables, frames, memory, reset, method=model.step)
-      return jnp.argmax(out.logits, axis=-1).astype(jnp.int32), out.memory
-
-    self._step = jax.jit(step, in_shardings=(replicated, self._batch_sharding, self._batch_sharding,
-                                             self._batch_sharding),
-                         out_shardings=(self._batch_sharding, self._batch_sharding))
+    self._replicated = parallel.replicated(self.mesh)
+    self._step_fns = {}
     self._memory_fns = {}
+
+  def _step(self, variables, frames, memory, reset, label_size: tuple[int, int]):
+    """(predictions int32 (lanes, *label_size), memory): one streamed frame per lane.
+
+    Logits are resized (bilinear) to `label_size` when the labels are larger or smaller than the frames
+    (`data.eval_native_labels`).
+    """
+    fn = self._step_fns.get(label_size)
+    if fn is None:
+      model = self.model
+
+      def step(variables, frames, memory, reset):
+        out = model.apply(variables, frames, memory, reset, method=model.step)
+        logits = out.logits
+        if tuple(logits.shape[1:3]) != label_size:
+          logits = resize_bilinear(logits.astype(jnp.float32), label_size)
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32), out.memory
+
+      sharding = self._batch_sharding
+      fn = jax.jit(step, in_shardings=(self._replicated, sharding, sharding, sharding),
+                   out_shardings=(sharding, sharding))
+      self._step_fns[label_size] = fn
+    return fn(variables, frames, memory, reset)
 
   def _empty_memory(self, image_size: tuple[int, int]):
     fn = self._memory_fns.get(image_size)
@@ -260,7 +277,12 @@ class Evaluator:
       global_frames = jax.make_array_from_process_local_data(self._batch_sharding, frames,
                                                               (self.lanes,) + frames.shape[1:])
       global_reset = jax.make_array_from_process_local_data(self._batch_sharding, reset, (self.lanes,))
-      predictions, memory = self._step(variables, global_frames, memory, global_reset)
+      label_sizes = {tuple(it['labels'].shape[2:4]) for it in real}
+      if len(label_sizes) > 1:
+        raise ValueError(f'labels of different sizes {sorted(label_sizes)} in one evaluation step (native '
+                         'labels): evaluate with eval_batch_size=1')
+      label_size = label_sizes.pop() if label_sizes else image_size
+      predictions, memory = self._step(variables, global_frames, memory, global_reset, label_size)
       predictions = parallel.local_rows(predictions)
       for lane, it in enumerate(items):
         if it is None:
@@ -309,9 +331,14 @@ def _load_run_config(workdir: str, ckpt, step: int):
 
 
 def evaluate_workdir(workdir: str, *, split: str | None = None, checkpoint: str = 'best', overlays: int = 0,
-                     eval_batch_size: int | None = None, data_root: str | None = None,
-                     report_path: str | None = None) -> tuple[EvalMetrics, dict]:
-  """Evaluates a training run's checkpoint (see `eval.py`). Returns (metrics, the JSON report written)."""
+                     overlay_stride: int = 1, eval_batch_size: int | None = None, data_root: str | None = None,
+                     native_labels: bool | None = None, report_path: str | None = None
+                     ) -> tuple[EvalMetrics, dict]:
+  """Evaluates a training run's checkpoint (see `eval.py`). Returns (metrics, the JSON report written).
+
+  overlays / overlay_stride: save panels of `overlays` frames, every `overlay_stride`-th frame of the split in
+  stream order from the first. native_labels: override the run config's `data.eval_native_labels`.
+  """
   from ma_resnet import checkpoints as checkpoints_lib
   from ma_resnet import logging_utils, visualize
   from ma_resnet import training
@@ -322,6 +349,10 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, checkpoint: str 
   config = _load_run_config(workdir, ckpt, step)
   if data_root:
     config.data.root = data_root
+  if native_labels is not None:
+    config.data.eval_native_labels = bool(native_labels)
+  if overlay_stride < 1:
+    raise ValueError(f'overlay_stride must be >= 1, got {overlay_stride}')
   split = split or config.get('eval_split', 'val')
   mesh = parallel.make_mesh()
   lanes = int(eval_batch_size or config.get('eval_batch_size', 1))
@@ -340,14 +371,15 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, checkpoint: str 
   overlay_dir = os.path.join(workdir, 'overlays', split)
   saved = []
 
-  # The first `overlays` frames of the split in stream order (sequence 0 from its first frame, then 1, ...),
-  # whichever lane plays them.
+  # Every `overlay_stride`-th frame of the split in stream order (sequence 0 from its first frame, then 1, ...),
+  # `overlays` of them, whichever lane plays them.
   offsets = np.cumsum([0] + [sequences.sequence_length(i) for i in range(sequences.num_sequences)])
 
   def save_overlay(frame: FramePrediction):
-    if jax.process_index() != 0 or offsets[frame.sequence_index] + frame.frame_index >= overlays:
+    index = offsets[frame.sequence_index] + frame.frame_index
+    if jax.process_index() != 0 or index % overlay_stride or index // overlay_stride >= overlays:
       return  # (with several processes: the frames that process 0 plays)
-    image = visualize.denormalize(frame.frames, mean, std)
+    image = visualize.resize_image(visualize.denormalize(frame.frames, mean, std), frame.prediction.shape)
     label = frame.label if frame.labelled else None
     path = os.path.join(overlay_dir, f'{frame.sequence}_{frame.frame_number:06d}.png')
     visualize.save_png(path, visualize.panel(image, frame.prediction, label, palette))
@@ -363,6 +395,9 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, checkpoint: str 
                      'stored_metrics': stored_metrics},
       'model': {'encoder': config.model.encoder, 'depth': config.model.depth, 'head': config.model.head},
       'dataset': config.data.name,
+      'input_size': list(config.data.eval_size) if config.data.get('eval_size') else 'native',
+      'labels': ('native' if not config.data.get('eval_size') or config.data.get('eval_native_labels')
+                 else 'resized to input_size'),
       'eval_batch_size': lanes,
       **metrics.to_json(),
       'overlays': saved,

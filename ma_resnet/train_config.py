@@ -35,6 +35,9 @@ Fields
   remat                  rematerialise the backbone in the backward pass (saves activation memory on long
                          clips at the cost of a second backbone forward)
   aux_loss_weight        weight of the auxiliary head's loss (used when model.aux_head is set)
+  class_balance          0: plain cross-entropy. p > 0: each class's pixels weigh (median class frequency /
+                         class frequency)^p in the loss (1 = SegNet's median frequency balancing), with the
+                         frequencies counted on the training split's labels when training starts
   loss_on_warmup_frames  True: every labelled frame counts in the loss. False: only frames the memory
                          enhanced (`SegmenterOutput.enhanced`), as the authors' code, which outputs nothing
                          for warm-up frames; a plain encoder counts every frame either way
@@ -86,6 +89,7 @@ def base_config(dataset: str = 'synthetic') -> ml_collections.ConfigDict:
   config.init_from = ''
   config.remat = False
   config.aux_loss_weight = 0.4
+  config.class_balance = 0.0
   config.loss_on_warmup_frames = True
   config.distributed = 'auto'
   return config
@@ -116,4 +120,5 @@ def validate(config: ml_collections.ConfigDict) -> None:
        f'model.dtype ({config.model.dtype!r}) and compute_dtype ({config.compute_dtype!r}) differ; set one')
   need(config.distributed in ('auto', 'yes', 'no'),
        f"distributed must be 'auto', 'yes' or 'no', got {config.distributed!r}")
+  need(config.class_balance >= 0, f'class_balance must be >= 0, got {config.class_balance}')
   need(config.aux_loss_weight >= 0, f'aux_loss_weight must be >= 0, got {config.aux_loss_weight}')

@@ -193,13 +193,37 @@ def pixel_weights(labels: jax.Array, frame_weights: jax.Array) -> jax.Array:
   return ((labels != IGNORE_INDEX) & (frame_weights[:, :, None, None] > 0)).astype(jnp.float32)
 
 
-def cross_entropy_sums(logits: jax.Array, labels: jax.Array, weights: jax.Array):
-  """(sum of per-pixel cross-entropy x weight, sum of weights, sum of correct x weight), all float32."""
+def cross_entropy_sums(logits: jax.Array, labels: jax.Array, weights: jax.Array,
+                       class_weights: jax.Array | None = None):
+  """(sum of per-pixel cross-entropy x weight, sum of weights, sum of correct x weight), all float32.
+
+  With `class_weights` (num_classes,), each pixel's cross-entropy and its weight in the first two sums are
+  also multiplied by its class's weight (PyTorch's `CrossEntropyLoss(weight=...)`: the loss is then the
+  weighted mean); the correct count stays unweighted.
+  """
   logits = logits.astype(jnp.float32)
   safe_labels = jnp.where(labels == IGNORE_INDEX, 0, labels)
   ce = optax.softmax_cross_entropy_with_integer_labels(logits, safe_labels)
-  correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
-  return jnp.sum(ce * weights), jnp.sum(weights), jnp.sum(correct * weights)
+  correct = jnp.sum((jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32) * weights)
+  if class_weights is not None:
+    weights = weights * jnp.asarray(class_weights, jnp.float32)[safe_labels]
+  return jnp.sum(ce * weights), jnp.sum(weights), correct
+
+
+def class_balance_weights(pixel_counts: np.ndarray, power: float) -> np.ndarray:
+  """(median frequency / frequency)^power per class (SegNet's median frequency balancing at power 1).
+
+  pixel_counts (num_classes,): labelled pixels of each class. A class with no pixel gets weight 0.
+  """
+  counts = np.asarray(pixel_counts, np.float64)
+  present = counts > 0
+  if not present.any():
+    raise ValueError('class balancing: the training labels hold no labelled pixel')
+  frequency = counts / counts.sum()
+  median = np.median(frequency[present])
+  weights = np.zeros_like(frequency)
+  weights[present] = (median / frequency[present]) ** float(power)
+  return weights.astype(np.float32)
 
 
 def frame_weights(batch: dict, enhanced: jax.Array, *, loss_on_warmup_frames: bool, has_memory: bool):
@@ -249,8 +273,12 @@ def keep_dead_batch_stats(new_stats, old_stats, live: set[tuple[str, ...]] | Non
   return jax.tree_util.tree_map_with_path(pick, new_stats, old_stats)
 
 
-def make_train_step(config: ml_collections.ConfigDict, schedule: optax.Schedule, has_memory: bool):
-  """The pure `train_step(state, batch, rng) -> (state, metrics)` for `config`."""
+def make_train_step(config: ml_collections.ConfigDict, schedule: optax.Schedule, has_memory: bool,
+                    class_weights: np.ndarray | None = None):
+  """The pure `train_step(state, batch, rng) -> (state, metrics)` for `config`.
+
+  class_weights: (num_classes,) loss weight of each class (see `class_balance_weights`), or None.
+  """
   aux_weight = float(config.aux_loss_weight)
   loss_on_warmup_frames = bool(config.loss_on_warmup_frames)
 
@@ -263,15 +291,17 @@ def make_train_step(config: ml_collections.ConfigDict, schedule: optax.Schedule,
           batch['sequence_start'], train=True, mutable=['batch_stats'], rngs={'dropout': step_rng})
       weights = pixel_weights(batch['labels'], frame_weights(
           batch, out.enhanced, loss_on_warmup_frames=loss_on_warmup_frames, has_memory=has_memory))
-      ce_sum, count, correct = cross_entropy_sums(out.logits, batch['labels'], weights)
-      denominator = jnp.maximum(count, 1.0)
+      ce_sum, loss_weight, correct = cross_entropy_sums(out.logits, batch['labels'], weights,
+                                                          class_weights)
+      count = jnp.sum(weights)
+      denominator = jnp.maximum(loss_weight, 1e-6)
       ce_loss = ce_sum / denominator
       aux_loss = jnp.zeros((), jnp.float32)
       if out.aux_logits is not None and aux_weight > 0:
-        aux_sum, _, _ = cross_entropy_sums(out.aux_logits, batch['labels'], weights)
+        aux_sum, _, _ = cross_entropy_sums(out.aux_logits, batch['labels'], weights, class_weights)
         aux_loss = aux_sum / denominator
       loss = ce_loss + aux_weight * aux_loss
-      aux = {'ce_loss': ce_loss, 'aux_loss': aux_loss, 'accuracy': correct / denominator,
+      aux = {'ce_loss': ce_loss, 'aux_loss': aux_loss, 'accuracy': correct / jnp.maximum(count, 1.0),
              'valid_fraction': count / weights.size, 'batch_stats': updates.get('batch_stats', {})}
       return loss, aux
 
@@ -320,7 +350,7 @@ def _eval_lanes(config, mesh) -> int:
 def prepare(config: ml_collections.ConfigDict, mesh):
   """Everything that can fail on the inputs, before anything is written: config, data, model, state shapes.
 
-  Returns (num_classes, train iterator, model, tx, schedule).
+  Returns (num_classes, train iterator, model, tx, schedule, class_weights (None when class_balance is 0)).
   """
   train_config.validate(config)
   local_batch = _local_batch_size(config, mesh)
@@ -331,7 +361,13 @@ def prepare(config: ml_collections.ConfigDict, mesh):
   model = build_model(config, num_classes)
   schedule = learning_rate_schedule(config)
   tx = make_optimizer(config, schedule)
-  return num_classes, train_iter, model, tx, schedule
+  class_weights = None
+  if config.class_balance:
+    counts = data_lib.class_pixel_counts(config.data, config.data.split)
+    class_weights = class_balance_weights(counts, config.class_balance)
+    logging.info('Class weights (class_balance %g): %s', config.class_balance,
+                 ', '.join(f'{n} {w:.3f}' for n, w in zip(data_lib.class_names(config.data), class_weights)))
+  return num_classes, train_iter, model, tx, schedule, class_weights
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = True,
@@ -345,7 +381,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, progr
   start_time = time.time()
   workdir = os.path.abspath(workdir)
   mesh = mesh or parallel.make_mesh()
-  num_classes, train_iter, model, tx, schedule = prepare(config, mesh)
+  num_classes, train_iter, model, tx, schedule, class_weights = prepare(config, mesh)
   has_memory = config.model.encoder == 'ma'
   rng = jax.random.key(int(config.seed))
   init_rng, step_rng = jax.random.split(rng)
@@ -371,7 +407,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, progr
   logging_utils.write_config(workdir, config)
   ckpt.open_for_writing(config)
 
-  train_step = make_train_step(config, schedule, has_memory)
+  train_step = make_train_step(config, schedule, has_memory, class_weights)
   replicated = parallel.replicated(mesh)
   p_train_step = jax.jit(train_step, in_shardings=(replicated, parallel.data_sharding(mesh), replicated),
                          out_shardings=(replicated, replicated),

@@ -42,6 +42,14 @@ def colorize(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
   return table[index]
 
 
+def resize_image(image: np.ndarray, size) -> np.ndarray:
+  """uint8 RGB (H, W, 3) resized (bilinear) to size (h, w)[:2]; unchanged when already that size."""
+  h, w = int(size[0]), int(size[1])
+  if image.shape[:2] == (h, w):
+    return image
+  return np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+
+
 def denormalize(frames: np.ndarray, mean, std) -> np.ndarray:
   """Normalised float frames (x / 255 - mean) / std -> uint8 RGB (uint8 input is returned as is)."""
   frames = np.asarray(frames)

@@ -5,7 +5,8 @@ import gc
 import numpy as np
 import pytest
 
-from ma_resnet.data import ClipSource, Frame, SequenceDataset, close_iterator, default_data_config, make_sequences, make_train_iterator
+from ma_resnet.data import (ClipSource, Frame, SequenceDataset, class_pixel_counts, close_iterator, default_data_config,
+                            make_sequences, make_train_iterator)
 
 
 def small_config(**overrides):
@@ -156,3 +157,16 @@ def test_worker_processes_restore_exactly():
   close_iterator(restored)
   del iterator, restored, expected
   gc.collect()
+
+
+def test_class_pixel_counts_sum_every_labelled_frame():
+  config = small_config()
+  counts = class_pixel_counts(config, "val")
+  sequences = make_sequences(config, "val")
+  want = np.zeros(sequences.num_classes, np.int64)
+  for i in range(sequences.num_sequences):
+    for p in range(sequences.sequence_length(i)):
+      label = sequences.read_frame(i, p).label
+      want += np.array([(label == k).sum() for k in range(sequences.num_classes)])
+  np.testing.assert_array_equal(counts, want)
+  assert counts.sum() > 0 and (counts > 0).sum() >= 2

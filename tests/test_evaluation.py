@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -12,6 +13,7 @@ from PIL import Image
 import test_training_support as support
 from ma_resnet import checkpoints, evaluation, training, visualize
 from ma_resnet import data as data_lib
+from ma_resnet.models.ops import resize_bilinear
 
 
 def test_confusion_matrix_and_scores():
@@ -77,6 +79,33 @@ def test_streaming_miou_equals_an_independent_numpy_computation(lanes):
   assert np.mean(clip_predictions == stream_predictions) > 0.999
 
 
+def test_native_labels_score_upsampled_logits_of_resized_frames():
+  reference = support.reference_run()
+  config = support.load_test_config(**{'data.eval_size': (16, 16), 'data.eval_native_labels': True})
+  num_classes = data_lib.num_classes(config.data)
+  model = training.build_model(config, num_classes)
+  store = checkpoints.TrainCheckpoints(os.path.join(reference, 'checkpoints'))
+  variables = store.restore_variables(store.latest_step())
+  store.close()
+  seen = []
+  metrics = evaluation.Evaluator(model, config.data, 'val').evaluate(variables, callback=seen.append)
+  sequences = data_lib.make_sequences(config.data, 'val')
+  native = sequences.read_frame(0, 0)
+  assert seen[0].frames.shape[:2] == (16, 16)
+  assert seen[0].label.shape == seen[0].prediction.shape == native.label.shape == (32, 32)
+  np.testing.assert_array_equal(seen[0].label, native.label)
+  labels = [f.label for f in seen if f.labelled]
+  predictions = [f.prediction for f in seen if f.labelled]
+  np.testing.assert_allclose(metrics.miou, _independent_miou(labels, predictions, num_classes), rtol=1e-12)
+  # The predictions are the 16x16 logits resized (bilinear) to 32x32.
+  first = sequences.sequence_names[0]
+  frames = np.stack([f.frames for f in seen if f.sequence == first])[None]
+  logits = jax.jit(lambda v, c: model.apply(v, c).logits)(variables, frames)[0]
+  upsampled = np.argmax(np.asarray(resize_bilinear(logits, (32, 32))), axis=-1)
+  stream = np.stack([f.prediction for f in seen if f.sequence == first])
+  assert np.mean(upsampled == stream) > 0.999
+
+
 def test_eval_cli_writes_report_table_and_overlays():
   workdir = support.copy_workdir(support.reference_run(), 'eval_cli')
   result = support.run_train(workdir, '--overlays=3', '--checkpoint=latest', script='eval.py')
@@ -92,6 +121,20 @@ def test_eval_cli_writes_report_table_and_overlays():
   for path in report['overlays']:
     image = np.asarray(Image.open(path))
     assert image.ndim == 3 and image.shape[0] == 32 and image.shape[1] > 3 * 32
+  assert report['input_size'] == 'native' and report['labels'] == 'native'
+
+  # Every 3rd frame of the stream, at native label size when the frames are resized.
+  shutil.rmtree(os.path.join(workdir, 'overlays'))
+  result = support.run_train(workdir, '--overlays=2', '--overlay_stride=3', '--checkpoint=latest',
+                             '--native_labels', script='eval.py')
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(os.path.join(workdir, 'eval_val.json')) as f:
+    report = json.load(f)
+  sequences = data_lib.make_sequences(support.load_test_config().data, 'val')
+  stream = [(sequences.sequence_names[i], sequences.frame_number(i, p))
+            for i in range(sequences.num_sequences) for p in range(sequences.sequence_length(i))]
+  want = sorted(f'{name}_{number:06d}.png' for name, number in (stream[0], stream[3]))
+  assert [os.path.basename(p) for p in report['overlays']] == want
 
 
 def test_eval_cli_without_checkpoint_is_a_clear_error(tmp_path):

@@ -460,6 +460,17 @@ def test_head_options_are_applied():
   config.head_options = ml_collections.ConfigDict({'fpn_dim': 64})
   assert build(config, NUM_CLASSES).head.fpn_dim == 64
 
+  config = tiny_config('deeplabv3plus', 'plain', aux=False)
+  config.head_options = ml_collections.ConfigDict({'aspp_rates': [1, 2], 'channels': 24,
+                                                   'low_level_channels': 8})
+  model = build(config, NUM_CLASSES)
+  shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), jax.ShapeDtypeStruct((1, 1, H, W, 3),
+                                                                                          jnp.float32))
+  head = shapes['params']['head']
+  assert head['aspp']['project']['conv']['kernel'].shape == (1, 1, 3 * 24, 24)  # 2 rates + image pool
+  assert head['decoder']['low_level']['conv']['kernel'].shape[-1] == 8
+  assert head['decoder']['block1']['pointwise']['conv']['kernel'].shape == (1, 1, 24 + 8, 24)
+
 
 @pytest.mark.parametrize('head', HEADS)
 def test_foreign_head_options_are_refused(head):
@@ -471,8 +482,8 @@ def test_foreign_head_options_are_refused(head):
 
 def test_unknown_option_of_deeplabv3plus_is_refused():
   config = default_model_config()
-  config.head_options.channels = 64
-  with pytest.raises(ValueError, match=r"\['channels'\].*'deeplabv3plus' head does not take"):
+  config.head_options.fpn_dim = 64
+  with pytest.raises(ValueError, match=r"\['fpn_dim'\].*'deeplabv3plus' head does not take"):
     build(config, NUM_CLASSES)
 
 

@@ -56,6 +56,38 @@ def test_loss_ignores_255_unlabelled_and_warmup_frames():
   np.testing.assert_array_equal(np.asarray(plain), labelled.astype(np.float32))
 
 
+def test_class_weighted_loss_is_the_weighted_mean_and_accuracy_stays_unweighted():
+  rng = np.random.default_rng(1)
+  logits = rng.normal(size=(2, 1, 3, 4, 3)).astype(np.float32)
+  labels = rng.integers(0, 3, size=(2, 1, 3, 4)).astype(np.int32)
+  labels[1, 0, 0] = 255
+  weights = (labels != 255).astype(np.float32)
+  class_weights = np.array([0.5, 2.0, 4.0], np.float32)
+  ce_sum, weight_sum, correct = training.cross_entropy_sums(jnp.asarray(logits), jnp.asarray(labels),
+                                                            jnp.asarray(weights), class_weights)
+  log_p = np.asarray(jax.nn.log_softmax(logits.astype(np.float64), axis=-1))
+  valid = labels != 255
+  safe = np.where(valid, labels, 0)
+  picked = np.take_along_axis(log_p, safe[..., None], axis=-1)[..., 0]
+  w = np.where(valid, class_weights[safe], 0.0)
+  np.testing.assert_allclose(float(ce_sum / weight_sum), np.sum(-picked * w) / np.sum(w), rtol=1e-5)
+  want_correct = np.sum((np.argmax(logits, -1) == labels) & valid)
+  assert float(correct) == want_correct  # unweighted
+
+
+def test_class_balance_weights_follow_median_frequency():
+  counts = np.array([100, 300, 50, 0, 25])
+  weights = training.class_balance_weights(counts, 1.0)
+  frequency = counts[[0, 1, 2, 4]] / counts.sum()
+  median = np.median(frequency)
+  np.testing.assert_allclose(weights[[0, 1, 2, 4]], median / frequency, rtol=1e-6)
+  assert weights[3] == 0.0  # a class without pixels
+  np.testing.assert_allclose(training.class_balance_weights(counts, 0.5), np.sqrt(weights), rtol=1e-6)
+  np.testing.assert_allclose(training.class_balance_weights(counts, 0.0)[[0, 1, 2, 4]], 1.0)
+  with pytest.raises(ValueError, match='no labelled pixel'):
+    training.class_balance_weights(np.zeros(3), 1.0)
+
+
 def test_poly_schedule_with_warmup():
   config = support.load_test_config(**{'optimizer.lr': 0.1, 'optimizer.end_lr': 0.001, 'optimizer.power': 0.9,
                                        'optimizer.warmup': 10, 'num_steps': 110})

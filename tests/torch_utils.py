@@ -1,4 +1,4 @@
-"""Test helper: torchvision's own ResNet definition (`torchvision/models/resnet.py`), without `torchvision`.
+"""Test helper: torchvision's own ResNet and DeepLabV3 definitions, without the `torchvision` package.
 
 `import torchvision` can fail (its compiled ops must match the installed torch exactly), but its
 `models/resnet.py` is plain PyTorch. `load_torchvision_resnet()` loads that file from the installed
@@ -7,6 +7,8 @@ few torchvision internals it imports (weights enums, API-usage logging, registry
 `torchvision` is put into `sys.modules`.
 
 Tests call `torchvision_resnet_or_skip()`, which skips (with the reason) when torch or the file is absent.
+`load_torchvision_deeplabv3()` loads `models/segmentation/deeplabv3.py` the same way (with torchvision's real
+`IntermediateLayerGetter` from `models/_utils.py`), for `benchmarks/peers.py`.
 """
 from __future__ import annotations
 
@@ -56,33 +58,19 @@ def _ovewrite_named_param(kwargs, param, new_value):
   kwargs[param] = new_value
 
 
-def _resnet_py_path() -> str:
+def _torchvision_file(*parts: str) -> str:
   spec = importlib.util.find_spec('torchvision')
   if spec is None or not spec.submodule_search_locations:
     raise ImportError('torchvision is not installed')
   for location in spec.submodule_search_locations:
-    path = os.path.join(location, 'models', 'resnet.py')
+    path = os.path.join(location, *parts)
     if os.path.isfile(path):
       return path
-  raise ImportError('torchvision/models/resnet.py not found in the installed torchvision')
+  raise ImportError(f"torchvision/{'/'.join(parts)} not found in the installed torchvision")
 
 
-@functools.cache
-def load_torchvision_resnet() -> types.ModuleType:
-  """torchvision's `models/resnet.py` as a module (needs torch; raises ImportError when unavailable)."""
-  import torch  # noqa: F401  (ImportError when absent)
-
-  path = _resnet_py_path()
-  _module(_PKG, is_package=True)
-  _module(f'{_PKG}.utils', _log_api_usage_once=lambda obj: None)
-  _module(f'{_PKG}.transforms', is_package=True)
-  _module(f'{_PKG}.transforms._presets', ImageClassification=lambda *a, **k: None)
-  _module(f'{_PKG}.models', is_package=True)
-  _module(f'{_PKG}.models._api', register_model=_register_model, Weights=_Weights, WeightsEnum=_WeightsEnum)
-  _module(f'{_PKG}.models._meta', _IMAGENET_CATEGORIES=[f'class{i}' for i in range(1000)])
-  _module(f'{_PKG}.models._utils', _ovewrite_named_param=_ovewrite_named_param,
-          handle_legacy_interface=_handle_legacy_interface)
-  name = f'{_PKG}.models.resnet'
+def _exec_file(name: str, path: str) -> types.ModuleType:
+  """Runs the source file `path` as module `name` (registered in sys.modules)."""
   spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(spec)
   sys.modules[name] = module
@@ -93,6 +81,49 @@ def load_torchvision_resnet() -> types.ModuleType:
     raise ImportError(f'cannot load {path} without the torchvision package: {type(e).__name__}: {e}') from e
   module.SOURCE_PATH = path
   return module
+
+
+@functools.cache
+def load_torchvision_resnet() -> types.ModuleType:
+  """torchvision's `models/resnet.py` as a module (needs torch; raises ImportError when unavailable)."""
+  import torch  # noqa: F401  (ImportError when absent)
+
+  _module(_PKG, is_package=True)
+  _module(f'{_PKG}.utils', _log_api_usage_once=lambda obj: None)
+  _module(f'{_PKG}.transforms', is_package=True)
+  _module(f'{_PKG}.transforms._presets', ImageClassification=lambda *a, **k: None)
+  _module(f'{_PKG}.models', is_package=True)
+  _module(f'{_PKG}.models._api', register_model=_register_model, Weights=_Weights, WeightsEnum=_WeightsEnum)
+  _module(f'{_PKG}.models._meta', _IMAGENET_CATEGORIES=[f'class{i}' for i in range(1000)])
+  _module(f'{_PKG}.models._utils', _ovewrite_named_param=_ovewrite_named_param,
+          handle_legacy_interface=_handle_legacy_interface)
+  return _exec_file(f'{_PKG}.models.resnet', _torchvision_file('models', 'resnet.py'))
+
+
+class _NoWeights:
+  """Stand-in for weights enums of models that are not loaded (only attribute access happens)."""
+  IMAGENET1K_V1 = None
+
+
+@functools.cache
+def load_torchvision_deeplabv3() -> types.ModuleType:
+  """torchvision's `models/segmentation/deeplabv3.py` as a module (`deeplabv3_resnet50(weights=None,
+  weights_backbone=None, num_classes=N)` builds the model); raises ImportError when unavailable."""
+  load_torchvision_resnet()
+  _module(f'{_PKG}._utils', sequence_to_str=lambda seq, separate_last='': ', '.join(map(str, seq)))
+  real_utils = _exec_file(f'{_PKG}.models._torchvision_utils', _torchvision_file('models', '_utils.py'))
+  stub_utils = sys.modules[f'{_PKG}.models._utils']
+  stub_utils.IntermediateLayerGetter = real_utils.IntermediateLayerGetter
+  stub_utils._ovewrite_value_param = real_utils._ovewrite_value_param
+  sys.modules[f'{_PKG}.transforms._presets'].SemanticSegmentation = lambda *a, **k: None
+  sys.modules[f'{_PKG}.models._meta']._VOC_CATEGORIES = [f'class{i}' for i in range(21)]
+  _module(f'{_PKG}.models.mobilenetv3', mobilenet_v3_large=None, MobileNet_V3_Large_Weights=_NoWeights,
+          MobileNetV3=object)
+  _module(f'{_PKG}.models.segmentation', is_package=True)
+  _exec_file(f'{_PKG}.models.segmentation._utils', _torchvision_file('models', 'segmentation', '_utils.py'))
+  _exec_file(f'{_PKG}.models.segmentation.fcn', _torchvision_file('models', 'segmentation', 'fcn.py'))
+  return _exec_file(f'{_PKG}.models.segmentation.deeplabv3',
+                    _torchvision_file('models', 'segmentation', 'deeplabv3.py'))
 
 
 def torchvision_resnet_or_skip() -> types.ModuleType:

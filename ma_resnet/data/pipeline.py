@@ -35,7 +35,8 @@ Evaluation stream items (per frame, with batch and time axes of size 1 so models
   frames float32 (1, 1, H, W, 3) (uint8 when normalize is False), labels int32 (1, 1, H, W), labelled bool (1, 1),
   sequence_start bool (1, 1) (True on the first frame of each sequence), and metadata: sequence (str),
   sequence_index, frame_index (position in the sequence), frame_number (number in the source video) as ints.
-Frames are at their native size, or resized to eval_size (images bilinear, labels nearest).
+Frames are at their native size, or resized to eval_size (images bilinear, labels nearest; labels stay native with
+eval_native_labels).
 
 Data config fields (defaults of default_data_config('camvid'); other datasets differ where noted)
 ------------------------------------------------------------------------------------------------
@@ -50,6 +51,8 @@ Data config fields (defaults of default_data_config('camvid'); other datasets di
                                        a copy: change both together)
   crop_size            (360, 480)      (h, w) of training frames (vspw: (480, 480); synthetic: (64, 64))
   eval_size            None            (h, w) to resize evaluation frames to; None = native size
+  eval_native_labels   False           with eval_size: keep the labels at their native size (the evaluator then
+                                       scores logits resized to them, bilinear) instead of resizing them too
   batch_size           2               clips per batch per process
   shuffle              True            shuffle clips (seeded)
   num_epochs           None            None = repeat forever
@@ -116,6 +119,7 @@ def default_data_config(name: str = "synthetic") -> ml_collections.ConfigDict:
       "clip_start_stride": 1,
       "crop_size": (360, 480),
       "eval_size": None,
+      "eval_native_labels": False,
       "batch_size": 2,
       "shuffle": True,
       "num_epochs": None,
@@ -225,6 +229,18 @@ def make_sequences(data_config: Any, split: str | None = None) -> SequenceDatase
     return CamVidSequences(root, split)
   return VspwSequences(root, split, mode=_field(data_config, "vspw_mode"),
                        person_class=_field(data_config, "person_class"))
+
+
+def class_pixel_counts(data_config: Any, split: str | None = None) -> np.ndarray:
+  """int64 (num_classes,): labelled pixels of each class over every frame of `split` (default: data.split)."""
+  sequences = make_sequences(data_config, split)
+  counts = np.zeros((sequences.num_classes,), np.int64)
+  for sequence_index in range(sequences.num_sequences):
+    for position in range(sequences.sequence_length(sequence_index)):
+      frame = sequences.read_frame(sequence_index, position)
+      if frame.labelled:
+        counts += np.bincount(frame.label.ravel(), minlength=256)[:sequences.num_classes]
+  return counts
 
 
 def class_names(data_config: Any) -> tuple[str, ...]:
@@ -432,14 +448,18 @@ class _FrameList:
 
 class _FormatEvalFrame(grain.transforms.Map):
 
-  def __init__(self, sequences: SequenceDataset, eval_size, normalize: bool, mean, std):
+  def __init__(self, sequences: SequenceDataset, eval_size, normalize: bool, mean, std,
+               native_labels: bool = False):
     self.sequences = sequences
     self.eval_size = None if eval_size is None else tuple(int(s) for s in eval_size)
+    self.native_labels = bool(native_labels)
     self.normalize = bool(normalize)
     self.mean, self.std = tuple(mean), tuple(std)
 
   def map(self, element: dict[str, Any]) -> dict[str, Any]:
     images, labels = resize_clip(element["image"][None], element["label"][None], self.eval_size)
+    if self.native_labels:
+      labels = element["label"][None]
     frames = normalize_images(images, self.mean, self.std) if self.normalize else images
     sequence_index, position = element["sequence_index"], element["frame_index"]
     return {
@@ -483,7 +503,7 @@ def make_eval_stream(data_config: Any, split: str | None = None, *, shard_index:
   mean, std = _field(data_config, "mean"), _field(data_config, "std")
   dataset = (grain.MapDataset.source(_FrameList(sequences, indices))
              .map(_FormatEvalFrame(sequences, _field(data_config, "eval_size"), _field(data_config, "normalize"),
-                                   mean, std))
+                                   mean, std, native_labels=_get(data_config, "eval_native_labels", False)))
              .to_iter_dataset(grain.ReadOptions(num_threads=int(_field(data_config, "read_threads")),
                                                 prefetch_buffer_size=int(_field(data_config,
                                                                                 "prefetch_buffer_size")))))

@@ -64,14 +64,23 @@ class Decoder(nn.Module):
 
 
 class DeepLabV3PlusHead(nn.Module):
-  """PaddleSeg DeepLabV3+ head: ASPP on `high_level`, decoder with `low_level`."""
+  """PaddleSeg DeepLabV3+ head: ASPP on `high_level`, decoder with `low_level`.
+
+  `channels` (ASPP and decoder width, 256 in the paper and PaddleSeg) and `low_level_channels` (48) can be
+  lowered for small budgets: the decoder runs at stride 4, so its cost grows with `channels` squared.
+  """
   num_classes: int
   aspp_rates: Sequence[int] = (1, 12, 24, 36)
   low_level: str = 'stage1'
   high_level: str = 'stage4'
+  channels: int = 256
+  low_level_channels: int = 48
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, features: dict, train: bool = False):
-    x = ASPP(self.aspp_rates, dtype=self.dtype, name='aspp')(features[self.high_level], train)
-    return Decoder(self.num_classes, dtype=self.dtype, name='decoder')(x, features[self.low_level], train)
+    x = ASPP(self.aspp_rates, features=self.channels, dtype=self.dtype, name='aspp')(
+        features[self.high_level], train)
+    decoder = Decoder(self.num_classes, low_level_features=self.low_level_channels, features=self.channels,
+                      dtype=self.dtype, name='decoder')
+    return decoder(x, features[self.low_level], train)
