@@ -11,13 +11,17 @@ total stays within the budget (each restart costs ~1 minute of start-up and comp
 The budget is everything train.py does on this machine (2 cores, no GPU): start-up, compilation, 1050 SGD
 steps, validation at steps 350, 700 and 1050, checkpoints. There are no ImageNet weights here, so everything
 is learned from scratch and the budget buys about a thousand steps; every choice below trades detail or
-capacity for steps. Figures are training-step times measured on this machine (see README, CamVid results):
+capacity for steps. Figures are training-step times on this machine, from `python benchmarks/train_step.py
+--config=configs/camvid_cpu.py --set batch_size=2 --set data.crop_size="(240, 320)" --set model.encoder="'plain'"
+--set model.head_options="{...}"` (the head options compared are given below):
 - ResNet18 (torchvision stem), output stride 32: the paper's ResNet50-vd at output stride 8 takes 168 s per
   step of 2 clips at 360x480 here (20 steps an hour).
 - DeepLabV3+ with 96 channels instead of 256 (`head_options.channels`): its decoder runs at stride 4, where
-  the 256-channel separable blocks cost more than the whole ResNet18 (training step 1.33 s per 240x320 frame
-  with 256 channels, 0.50 s with 96, 0.39 s with no decoder at all). ASPP rates (1, 2, 4, 6) for the 6x8
-  stride-32 map (the paper's 12/24/36 are for 45x60 maps at output stride 8 and would see only padding).
+  the 256-channel separable blocks cost more than the whole ResNet18. Training step per 240x320 frame:
+  1.33 s with {'aspp_rates': (1, 3, 6, 9)} (256 channels), 0.50 s with 'channels': 96 added, 0.39 s with
+  no decoder at all (model.head="'fcn'", {'channels': 64, 'num_convs': 1, 'concat_input': False,
+  'in_stage': 'stage4'}). ASPP rates (1, 2, 4, 6) for the 6x8 stride-32 map (the paper's 12/24/36 are for
+  45x60 maps at output stride 8 and would see only padding).
 - Half resolution: frames scaled by 0.45-0.65 (about 180x240), random 176x240 crops, flips, colour jitter.
   Evaluation feeds 180x240 frames and scores the logits resized (bilinear) to the original 360x480 labels
   (`data.eval_native_labels`), so the reported mIoU is the usual one on the full-resolution annotation.

@@ -48,17 +48,23 @@ def _independent_miou(labels, predictions, num_classes):
   return float(np.mean(inter[present] / union[present]))
 
 
-@pytest.mark.parametrize('lanes', [1, 2])
-def test_streaming_miou_equals_an_independent_numpy_computation(lanes):
-  reference = support.reference_run()
-  config = support.load_test_config()
+def _evaluate_reference_run(config, lanes: int = 1):
+  """The reference run's latest checkpoint streamed over val with `config`: (metrics, frames seen, model,
+  variables, num_classes)."""
   num_classes = data_lib.num_classes(config.data)
   model = training.build_model(config, num_classes)
-  store = checkpoints.TrainCheckpoints(os.path.join(reference, 'checkpoints'))
+  store = checkpoints.TrainCheckpoints(os.path.join(support.reference_run(), 'checkpoints'))
   variables = store.restore_variables(store.latest_step())
   store.close()
   seen = []
   metrics = evaluation.Evaluator(model, config.data, 'val', lanes=lanes).evaluate(variables, callback=seen.append)
+  return metrics, seen, model, variables, num_classes
+
+
+@pytest.mark.parametrize('lanes', [1, 2])
+def test_streaming_miou_equals_an_independent_numpy_computation(lanes):
+  config = support.load_test_config()
+  metrics, seen, model, variables, num_classes = _evaluate_reference_run(config, lanes)
   sequences = data_lib.make_sequences(config.data, 'val')
   assert metrics.frames == len(seen) == sequences.num_frames
   # Every sequence in time order, each frame once.
@@ -80,15 +86,8 @@ def test_streaming_miou_equals_an_independent_numpy_computation(lanes):
 
 
 def test_native_labels_score_upsampled_logits_of_resized_frames():
-  reference = support.reference_run()
   config = support.load_test_config(**{'data.eval_size': (16, 16), 'data.eval_native_labels': True})
-  num_classes = data_lib.num_classes(config.data)
-  model = training.build_model(config, num_classes)
-  store = checkpoints.TrainCheckpoints(os.path.join(reference, 'checkpoints'))
-  variables = store.restore_variables(store.latest_step())
-  store.close()
-  seen = []
-  metrics = evaluation.Evaluator(model, config.data, 'val').evaluate(variables, callback=seen.append)
+  metrics, seen, model, variables, num_classes = _evaluate_reference_run(config)
   sequences = data_lib.make_sequences(config.data, 'val')
   native = sequences.read_frame(0, 0)
   assert seen[0].frames.shape[:2] == (16, 16)
