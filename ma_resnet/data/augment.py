@@ -129,15 +129,17 @@ def augment_clip(images: np.ndarray, labels: np.ndarray, params: ClipAugmentatio
   return out_images, out_labels
 
 
-def resize_clip(images: np.ndarray, labels: np.ndarray, size: Sequence[int] | None):
+def resize_clip(images: np.ndarray, labels: np.ndarray | None, size: Sequence[int] | None):
   """Resizes every frame to size (h, w) (bilinear images, nearest labels); None or the same size: unchanged.
 
-  images uint8 (T, H, W, 3), labels uint8 (T, H, W) -> (T, h, w, 3), (T, h, w).
+  images uint8 (T, H, W, 3), labels uint8 (T, H, W) -> (T, h, w, 3), (T, h, w). labels None: returned as None.
   """
   if size is None or tuple(int(s) for s in size) == tuple(images.shape[1:3]):
     return images, labels
   new_h, new_w = int(size[0]), int(size[1])
   out_images = np.stack([np.asarray(Image.fromarray(f).resize((new_w, new_h), Image.BILINEAR)) for f in images])
+  if labels is None:
+    return out_images, None
   out_labels = np.stack([np.asarray(Image.fromarray(f).resize((new_w, new_h), Image.NEAREST)) for f in labels])
   return out_images, out_labels
 

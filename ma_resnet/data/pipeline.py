@@ -457,9 +457,10 @@ class _FormatEvalFrame(grain.transforms.Map):
     self.mean, self.std = tuple(mean), tuple(std)
 
   def map(self, element: dict[str, Any]) -> dict[str, Any]:
-    images, labels = resize_clip(element["image"][None], element["label"][None], self.eval_size)
-    if self.native_labels:
-      labels = element["label"][None]
+    native = element["label"][None]
+    images, labels = resize_clip(element["image"][None], None if self.native_labels else native, self.eval_size)
+    if labels is None:
+      labels = native
     frames = normalize_images(images, self.mean, self.std) if self.normalize else images
     sequence_index, position = element["sequence_index"], element["frame_index"]
     return {
