@@ -110,10 +110,10 @@ def time_train_step(config_data, args) -> str:
   try:
     import jax
     import jax.numpy as jnp
-    from ma_resnet import train_config, training
+    from ma_resnet import models, train_config, training
   except ImportError as error:
     return f"training step not timed: {error}"
-  needed = ("build_model", "learning_rate_schedule", "make_optimizer", "create_train_state", "make_train_step")
+  needed = ("learning_rate_schedule", "make_optimizer", "create_train_state", "make_train_step")
   missing = [name for name in needed if not hasattr(training, name)] + (
       [] if hasattr(train_config, "base_config") else ["train_config.base_config"])
   if missing:
@@ -122,11 +122,11 @@ def time_train_step(config_data, args) -> str:
   config.data = config_data
   config.batch_size = args.batch_size
   num_classes = {"camvid": 11, "vspw": 124}.get(args.dataset, 4)
-  model = training.build_model(config, num_classes)
+  model = models.build(config.model, num_classes)
   schedule = training.learning_rate_schedule(config)
   tx = training.make_optimizer(config, schedule)
   state = training.create_train_state(config, model, tx, jax.random.key(0))
-  step = jax.jit(training.make_train_step(config, schedule, has_memory=config.model.encoder == "ma"))
+  step = jax.jit(training.make_train_step(config, schedule, has_memory=config.model.temporal != "plain"))
   h, w = config_data.crop_size
   t = config_data.clip_length
   rng = np.random.default_rng(0)

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ma_resnet import training
+from ma_resnet import models, training
 from ma_resnet import data as data_lib
 
 
@@ -47,7 +47,7 @@ def main():
   b, t = int(config.batch_size), int(config.data.clip_length)
   h, w = (int(s) for s in config.data.crop_size)
   num_classes = data_lib.num_classes(config.data)
-  model = training.build_model(config, num_classes)
+  model = models.build(config.model, num_classes)
   schedule = training.learning_rate_schedule(config)
   state = training.create_train_state(config, model, training.make_optimizer(config, schedule), jax.random.key(0))
   step = jax.jit(training.make_train_step(config, schedule, config.model.encoder == 'ma'))

@@ -2,7 +2,7 @@ r"""CamVid, the paper's recipe (§4.2): MA-ResNet50-vd + DeepLabV3+, SGD, poly l
 
     python train.py --config=configs/camvid.py --workdir=runs/camvid_ma \
         --config.init_from=/path/to/converted_resnet50   # ImageNet encoder (python -m ma_resnet.convert ...)
-    python train.py --config=configs/camvid.py --workdir=runs/camvid_plain --config.model.encoder=plain
+    python train.py --config=configs/camvid.py --workdir=runs/camvid_plain --config.model.temporal=plain
     python eval.py --workdir=runs/camvid_ma --overlays=16
 
 Recipe: cross-entropy, SGD momentum 0.9, weight decay 4e-5, poly lr from 0.1 to 0.001 (power 0.9) over 60 000

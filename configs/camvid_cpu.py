@@ -1,7 +1,7 @@
 r"""CamVid from scratch on a 2-core CPU in under 60 minutes: MA-ResNet18 + slim DeepLabV3+ at half resolution.
 
     python train.py --config=configs/camvid_cpu.py --workdir=workdirs/camvid_cpu_ma
-    python train.py --config=configs/camvid_cpu.py --workdir=workdirs/camvid_cpu_plain --config.model.encoder=plain
+    python train.py --config=configs/camvid_cpu.py --workdir=workdirs/camvid_cpu_plain --config.model.temporal=plain
     python eval.py --workdir=workdirs/camvid_cpu_ma --checkpoint=latest --overlays=5 --overlay_stride=25
 
 Stop it at any time (Ctrl-C, kill) and run the same command again: it resumes from the last checkpoint
@@ -12,7 +12,7 @@ The budget is everything train.py does on this machine (2 cores, no GPU): start-
 steps, validation at steps 350, 700 and 1050, checkpoints. There are no ImageNet weights here, so everything
 is learned from scratch and the budget buys about a thousand steps; every choice below trades detail or
 capacity for steps. Figures are training-step times on this machine, from `python benchmarks/train_step.py
---config=configs/camvid_cpu.py --set batch_size=2 --set data.crop_size="(240, 320)" --set model.encoder="'plain'"
+--config=configs/camvid_cpu.py --set batch_size=2 --set data.crop_size="(240, 320)" --set model.temporal="'plain'"
 --set model.head_options="{...}"` (the head options compared are given below):
 - ResNet18 (torchvision stem), output stride 32: the paper's ResNet50-vd at output stride 8 takes 168 s per
   step of 2 clips at 360x480 here (20 steps an hour).
@@ -29,7 +29,7 @@ capacity for steps. Figures are training-step times on this machine, from `pytho
   code), r = 0.25, PCMA on stages 1 and 4: the two maps DeepLabV3+ reads. With the code's stages 1-3, PCMA
   on stages 2-3 would cost time and change no prediction (the enhanced maps go only to the head).
 - The loss counts both frames of each clip (`loss_on_warmup_frames`), so the plain model sees exactly the
-  same labelled pixels; `--config.model.encoder=plain` is the only difference between the two runs.
+  same labelled pixels; `--config.model.temporal=plain` is the only difference between the two runs.
 - Batch 4 clips (8 frames in every batch norm), SGD momentum 0.9, lr 0.05 after 100 warm-up steps, poly
   decay to 0, weight decay 1e-4 on conv kernels.
 - Class balancing (`class_balance` 0.5: weights (median frequency / frequency)^0.5, from 0.38 for road to
@@ -44,7 +44,7 @@ from ma_resnet.train_config import base_config
 def get_config():
   config = base_config('camvid')
   model = config.model
-  model.encoder = 'ma'
+  model.temporal = 'pcma'
   model.depth = 18
   model.variant = 'torchvision'
   model.output_stride = 32

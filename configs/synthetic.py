@@ -1,7 +1,7 @@
 r"""Synthetic video (the embedded default): an MA-ResNet18 learns to recall class colours it saw one frame ago.
 
     python train.py --config=configs/synthetic.py --workdir=/tmp/syn_ma
-    python train.py --config=configs/synthetic.py --workdir=/tmp/syn_plain --config.model.encoder=plain
+    python train.py --config=configs/synthetic.py --workdir=/tmp/syn_plain --config.model.temporal=plain
     python eval.py --workdir=/tmp/syn_ma --overlays=8
 
 The data (`ma_resnet.data.synthetic`): squares moving over a dark background that show their class colour only
@@ -26,7 +26,7 @@ def get_config():
   config = base_config('synthetic')
 
   model = config.model
-  model.encoder = 'ma'
+  model.temporal = 'pcma'
   model.depth = 18
   model.variant = 'torchvision'
   model.output_stride = 32

@@ -12,7 +12,7 @@ def get_config():
   config = base_config('synthetic')
 
   model = config.model
-  model.encoder = 'ma'
+  model.temporal = 'pcma'
   model.depth = 18
   model.variant = 'torchvision'
   model.output_stride = 32

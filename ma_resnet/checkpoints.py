@@ -346,8 +346,8 @@ def load_pretrained_encoder(state, path: str, model_config, mesh=None):
 
   `path` is a folder written by `python -m ma_resnet.convert` (see `ma_resnet.convert.load_converted`). The
   checkpoint's architecture must be the config's (depth, variant) and its tree must match the backbone's
-  exactly (a classifier `fc`, if present, is dropped); otherwise one CheckpointMismatchError names the
-  differences. The optimizer state is unchanged (it is all zeros at step 0).
+  exactly, except for parts the model does not build (a classifier `fc`, the stages after the deepest one
+  the model reads), which are dropped; otherwise one CheckpointMismatchError names the differences. The optimizer state is unchanged (it is all zeros at step 0).
   """
   from ma_resnet.convert import ConversionError, load_converted
   try:
@@ -362,8 +362,9 @@ def load_pretrained_encoder(state, path: str, model_config, mesh=None):
         f'init_from={path} holds a ResNet{got["depth"]} ({got["variant"]}) but the config builds a '
         f'ResNet{want["depth"]} ({want["variant"]}): set model.depth / model.variant to match, or convert '
         f'the right checkpoint')
-  params = {k: v for k, v in variables['params'].items() if k != 'fc'}
-  batch_stats = dict(variables.get('batch_stats', {}))
+  built = set(state.params['backbone'])
+  params = {k: v for k, v in variables['params'].items() if k in built}
+  batch_stats = {k: v for k, v in variables.get('batch_stats', {}).items() if k in built}
   expected = {**{f'params/{k}': v for k, v in flat_shapes(state.params['backbone']).items()},
               **{f'batch_stats/{k}': v for k, v in flat_shapes(state.batch_stats['backbone']).items()}}
   found = {**{f'params/{k}': v for k, v in flat_shapes(params).items()},

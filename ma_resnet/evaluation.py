@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ma_resnet import data as data_lib
-from ma_resnet import parallel
+from ma_resnet import models, parallel
 from ma_resnet.models.ops import resize_bilinear
 
 IGNORE_INDEX = data_lib.IGNORE_INDEX
@@ -341,7 +341,6 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, checkpoint: str 
   """
   from ma_resnet import checkpoints as checkpoints_lib
   from ma_resnet import logging_utils, visualize
-  from ma_resnet import training
 
   workdir = os.path.abspath(workdir)
   ckpt = checkpoints_lib.TrainCheckpoints(os.path.join(workdir, checkpoints_lib.CHECKPOINT_DIR))
@@ -361,8 +360,7 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, checkpoint: str 
     lanes = -(-lanes // devices) * devices
   sequences = data_lib.make_sequences(config.data, split)  # a missing split fails here, before compiling
   num_classes = data_lib.num_classes(config.data)
-  config.remat = False
-  model = training.build_model(config, num_classes)
+  model = models.build(config.model, num_classes)
   variables = ckpt.restore_variables(step, mesh)
   stored_metrics = ckpt.metrics(step)
 
@@ -393,7 +391,7 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, checkpoint: str 
       'workdir': workdir,
       'checkpoint': {'which': checkpoint, 'step': step, 'path': ckpt.step_path(step),
                      'stored_metrics': stored_metrics},
-      'model': {'encoder': config.model.encoder, 'depth': config.model.depth, 'head': config.model.head},
+      'model': {'temporal': config.model.temporal, 'depth': config.model.depth, 'head': config.model.head},
       'dataset': config.data.name,
       'input_size': list(config.data.eval_size) if config.data.get('eval_size') else 'native',
       'labels': ('native' if not config.data.get('eval_size') or config.data.get('eval_native_labels')

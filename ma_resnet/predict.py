@@ -64,7 +64,7 @@ class CheckpointError(ValueError):
 @dataclasses.dataclass
 class LoadedModel:
   """A trained model ready for inference, with what inference needs from its run config."""
-  model: Any                   # the `Segmenter`
+  model: Any                   # the `VideoSegmenter`
   variables: dict              # {'params', 'batch_stats'}
   config: Any                  # the run config (ml_collections.ConfigDict) the model was built from
   step: int | None             # training step of the checkpoint
@@ -329,7 +329,7 @@ def predict_video(model, variables, frames: Iterable[np.ndarray], *, mean: Seque
   """Segments a stream of frames one at a time, carrying the model's memory; yields a `PredictedFrame` each.
 
   Args:
-    model, variables: a `Segmenter` and its {'params', 'batch_stats'} (e.g. from `load_model`).
+    model, variables: a `VideoSegmenter` and its {'params', 'batch_stats'} (e.g. from `load_model`).
     frames: uint8 RGB frames (H, W, 3) of one size, in time order (any iterable: a reader, a list, an array).
     mean, std: the normalisation of the model's training data (`config.data.mean` / `std`).
     size: (h, w) the model sees (frames are resized to it); None: the frames' own size. Labels and overlays
@@ -532,7 +532,7 @@ def main(argv) -> None:
     except (CheckpointError, CheckpointMismatchError) as e:
       cli.fail(str(e), EXIT_CHECKPOINT)
     info = reader.info
-    print(f'model: {loaded.config.model.encoder}-resnet{loaded.config.model.depth} + {loaded.config.model.head}, '
+    print(f'model: {loaded.config.model.temporal} + resnet{loaded.config.model.depth} + {loaded.config.model.head}, '
           f'{loaded.num_classes} classes, step {loaded.step} ({loaded.checkpoint_path})', flush=True)
     print(f'input: {info.path} ({info.kind}, {info.width}x{info.height}, '
           f'{info.num_frames if info.num_frames is not None else "?"} frames'

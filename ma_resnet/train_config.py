@@ -6,7 +6,8 @@ an error (the config is locked), so a typo never silently trains with a default.
 
 Fields
 ------
-  model                  `ma_resnet.models.default_model_config()` (encoder, depth, variant, head, pcma, ...).
+  model                  `ma_resnet.models.default_model_config()` (temporal, depth, variant, head, pcma, tma,
+                         remat, ...).
                          `model.dtype` is linked to `compute_dtype`: set either one.
   data                   `ma_resnet.data.default_data_config(name)` (root, clip_length, crop_size, ...).
                          Its own `batch_size` / `seed` are ignored: the top-level fields below win.
@@ -32,15 +33,13 @@ Fields
   init_from              '' or the folder of a converted torchvision/Paddle ResNet (`python -m
                          ma_resnet.convert ...`): its variables become the encoder (`backbone`) at step 0
   compute_dtype          'float32' | 'bfloat16' (parameters, optimizer state and the loss stay float32)
-  remat                  rematerialise the backbone in the backward pass (saves activation memory on long
-                         clips at the cost of a second backbone forward)
   aux_loss_weight        weight of the auxiliary head's loss (used when model.aux_head is set)
   class_balance          0: plain cross-entropy. p > 0: each class's pixels weigh (median class frequency /
                          class frequency)^p in the loss (1 = SegNet's median frequency balancing), with the
                          frequencies counted on the training split's labels when training starts
   loss_on_warmup_frames  True: every labelled frame counts in the loss. False: only frames the memory
                          enhanced (`SegmenterOutput.enhanced`), as the authors' code, which outputs nothing
-                         for warm-up frames; a plain encoder counts every frame either way
+                         for warm-up frames; a plain model (model.temporal=plain) counts every frame either way
   distributed            'auto' | 'yes' | 'no': call jax.distributed.initialize() (auto: when a multi-process
                          launch is detected in the environment)
 """
@@ -87,7 +86,6 @@ def base_config(dataset: str = 'synthetic') -> ml_collections.ConfigDict:
   config.keep_checkpoints = 2
 
   config.init_from = ''
-  config.remat = False
   config.aux_loss_weight = 0.4
   config.class_balance = 0.0
   config.loss_on_warmup_frames = True

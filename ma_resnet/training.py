@@ -7,14 +7,14 @@ is a pure function of arrays (jit-compiled once with the shardings of `ma_resnet
   batch   frames float32 (B, T, H, W, 3), labels int32 (B, T, H, W) (255 = ignore), labelled bool (B, T),
           sequence_start bool (B, T)  (the memory is cleared before a frame that starts a sequence)
   loss    cross-entropy averaged over the valid pixels of the global batch: label != 255, frame labelled and,
-          with `loss_on_warmup_frames=False` and an MA encoder, frame enhanced by the memory; plus
+          with `loss_on_warmup_frames=False` and a temporal module, frame enhanced by the memory; plus
           `aux_loss_weight` x the same loss on the auxiliary head's logits when the model has one
   metrics loss, ce_loss, aux_loss, accuracy (pixel accuracy over the valid pixels), lr, grad_norm,
           valid_fraction (share of pixels that counted)
 
-Batch norm runs on batch statistics over the *global* batch (see `ma_resnet.parallel`). Running statistics of
-layers that cannot reach the loss (e.g. ResNet stages after the one a head reads) are left unchanged, which
-lets XLA skip those layers (`keep_dead_batch_stats`). `config.remat` rematerialises each ResNet stage.
+Batch norm runs on batch statistics over the *global* batch (see `ma_resnet.parallel`). The model has no layer
+that cannot reach the loss (`models.build` builds only what the head reads), so every running statistic is
+updated. `config.model.remat` rematerialises each backbone stage.
 
 `train_and_evaluate(config, workdir)` is the loop behind `train.py`: data, state, resume, steps, logging,
 evaluation, checkpoints. See `train.py` for the command line and README-level behaviour.
@@ -43,7 +43,6 @@ from ma_resnet import logging_utils
 from ma_resnet import parallel
 from ma_resnet import train_config
 from ma_resnet import models
-from ma_resnet.models.resnet import STAGES, ResNet
 
 IGNORE_INDEX = data_lib.IGNORE_INDEX
 
@@ -58,41 +57,6 @@ class NonFiniteLossError(TrainingError):
 
 # ---------------------------------------------------------------------------------------------------------
 # Model and optimizer.
-
-
-class _StagewiseResNet(ResNet):
-  """`ResNet` whose `__call__` goes through the public `run_stem` / `run_stage`, so that each stage can be
-  rematerialised on its own (same computation, same variables)."""
-
-  def __call__(self, images, train: bool = False):
-    x = self.run_stem(images, train)
-    features = {}
-    for index, name in enumerate(STAGES):
-      x = self.run_stage(index, x, train)
-      features[name] = x
-    if self.fc is not None:
-      features['logits'] = self.fc(jnp.mean(x, axis=(1, 2)))
-    return features
-
-
-# run_stage(self, index, x, train): `index` and `train` are Python values, static for jax.checkpoint.
-_RematResNet = nn.remat(_StagewiseResNet, static_argnums=(1, 3), methods=['run_stage'])
-
-
-def build_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
-  """The `Segmenter` of `config.model`.
-
-  With `config.remat`, every ResNet stage is rematerialised (`nn.remat`): the backward pass recomputes a
-  stage's activations from its input instead of keeping them from the forward pass, so activation memory
-  holds one stage at a time (plus the stage outputs) for about one extra backbone forward of compute.
-  """
-  model = models.build(config.model, num_classes)
-  if config.get('remat', False):
-    backbone = model.backbone
-    fields = {f.name: getattr(backbone, f.name) for f in dataclasses.fields(backbone)
-              if f.init and f.name not in ('parent', 'name')}
-    model = model.clone(backbone=_RematResNet(**fields))
-  return model
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
@@ -234,45 +198,6 @@ def frame_weights(batch: dict, enhanced: jax.Array, *, loss_on_warmup_frames: bo
   return weights
 
 
-def _module_path(path) -> tuple[str, ...]:
-  return tuple(str(getattr(k, 'key', getattr(k, 'name', k))) for k in path[:-1])
-
-
-def live_modules(loss_of_params: Callable[[Any], jax.Array], params) -> set[tuple[str, ...]] | None:
-  """Paths of the modules whose parameters the loss depends on (trace + dead-code analysis, no compute).
-
-  None when the analysis is not available (then every module counts as live).
-  """
-  try:
-    from jax._src.interpreters import partial_eval as pe
-    closed = jax.make_jaxpr(loss_of_params)(params)
-    _, used_inputs = pe.dce_jaxpr(closed.jaxpr, [True] * len(closed.jaxpr.outvars))
-  except Exception:  # pylint: disable=broad-except  # private API: degrade to "everything is live"
-    return None
-  flat, _ = jax.tree_util.tree_flatten_with_path(params)
-  if len(flat) != len(used_inputs):
-    return None
-  return {_module_path(path) for (path, _), used in zip(flat, used_inputs) if used}
-
-
-def keep_dead_batch_stats(new_stats, old_stats, live: set[tuple[str, ...]] | None, params):
-  """`new_stats`, except for batch-norm layers whose output never reaches the loss: those keep `old_stats`.
-
-  Such layers (e.g. ResNet stages after the one the head reads) cannot influence any prediction, train or
-  eval, so their running statistics are irrelevant; not updating them lets XLA drop their computation
-  entirely (on CPU this made the synthetic config's step 10x faster). A module without parameters is
-  always updated (its liveness is unknown).
-  """
-  if live is None:
-    return new_stats
-  with_params = {_module_path(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]}
-
-  def pick(path, new, old):
-    module = _module_path(path)
-    return new if (module in live or module not in with_params) else old
-  return jax.tree_util.tree_map_with_path(pick, new_stats, old_stats)
-
-
 def make_train_step(config: ml_collections.ConfigDict, schedule: optax.Schedule, has_memory: bool,
                     class_weights: np.ndarray | None = None):
   """The pure `train_step(state, batch, rng) -> (state, metrics)` for `config`.
@@ -308,9 +233,7 @@ def make_train_step(config: ml_collections.ConfigDict, schedule: optax.Schedule,
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    live = live_modules(lambda p: loss_fn(p)[0], state.params)  # trace-time analysis
-    batch_stats = keep_dead_batch_stats(aux.pop('batch_stats'), state.batch_stats, live, state.params)
-    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+    new_state = state.replace(step=state.step + 1, params=params, batch_stats=aux.pop('batch_stats'),
                               opt_state=opt_state)
     metrics = {'loss': loss, 'lr': jnp.asarray(schedule(state.step), jnp.float32),
                'grad_norm': optax.global_norm(grads), **aux}
@@ -358,7 +281,7 @@ def prepare(config: ml_collections.ConfigDict, mesh):
   train_iter = data_lib.make_train_iterator(config.data, batch_size=local_batch, seed=int(config.seed),
                                             shard_index=jax.process_index(), shard_count=jax.process_count())
   data_lib.make_sequences(config.data, config.eval_split)  # the evaluation split must exist too
-  model = build_model(config, num_classes)
+  model = models.build(config.model, num_classes)
   schedule = learning_rate_schedule(config)
   tx = make_optimizer(config, schedule)
   class_weights = None
@@ -382,7 +305,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, progr
   workdir = os.path.abspath(workdir)
   mesh = mesh or parallel.make_mesh()
   num_classes, train_iter, model, tx, schedule, class_weights = prepare(config, mesh)
-  has_memory = config.model.encoder == 'ma'
+  has_memory = config.model.temporal != 'plain'
   rng = jax.random.key(int(config.seed))
   init_rng, step_rng = jax.random.split(rng)
 

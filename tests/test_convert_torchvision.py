@@ -20,7 +20,7 @@ from ma_resnet.convert import ConversionError, load_converted, save_converted
 from ma_resnet.convert import checkpoint_io
 from ma_resnet.convert.__main__ import main as cli_main
 from ma_resnet.convert.torchvision import convert_state_dict, key_table
-from ma_resnet.models.resnet import ResNet
+from ma_resnet.models.backbones.resnet import ResNet
 
 try:
   from torch_utils import torchvision_resnet_or_skip
@@ -77,13 +77,14 @@ def test_table_covers_torchvision_state_dict_exactly(depth):
 # Numerical parity with torchvision (eval mode, random weights and batch-norm statistics).
 
 @functools.cache
-def _torch_reference(depth: int):
-  """(numpy state dict, NCHW input, {stage1..stage4 (NHWC), logits}) of a randomised torchvision model."""
+def _torch_reference(depth: int, dilated: bool = False):
+  """(numpy state dict, NCHW input, {stage1..stage4 (NHWC), logits}) of a randomised torchvision model;
+  `dilated`: output stride 8 (`replace_stride_with_dilation=[False, True, True]`)."""
   tvr = torchvision_resnet_or_skip()
   import torch
   torch.manual_seed(depth)
   g = torch.Generator().manual_seed(1000 + depth)
-  model = getattr(tvr, f'resnet{depth}')()
+  model = getattr(tvr, f'resnet{depth}')(replace_stride_with_dilation=[False, dilated, dilated])
   with torch.no_grad():
     for m in model.modules():
       if isinstance(m, torch.nn.BatchNorm2d):
@@ -105,14 +106,15 @@ def _torch_reference(depth: int):
 
 
 @functools.cache
-def _flax_apply(depth: int):
-  model = ResNet(depth=depth, variant='torchvision', num_classes=1000)
+def _flax_apply(depth: int, dilated: bool = False):
+  model = ResNet(depth=depth, variant='torchvision', num_classes=1000, output_stride=8 if dilated else 32,
+                 contract_dilation=dilated)
   return jax.jit(lambda v, x: model.apply(v, x, train=False))
 
 
-def _flax_outputs(depth, variables, x_nchw):
+def _flax_outputs(depth, variables, x_nchw, dilated: bool = False):
   with jax.default_matmul_precision('float32'):  # no TF32 / bf16 passes on accelerators
-    out = _flax_apply(depth)(variables, jnp.asarray(x_nchw.transpose(0, 2, 3, 1)))
+    out = _flax_apply(depth, dilated)(variables, jnp.asarray(x_nchw.transpose(0, 2, 3, 1)))
   return jax.device_get(out)
 
 
@@ -127,6 +129,22 @@ def test_parity_with_torchvision(depth):
   for k in ref:
     assert out[k].shape == ref[k].shape, k
   assert max(errors.values()) <= 1e-5, errors
+
+
+@pytest.mark.full_size
+def test_contract_dilation_is_torchvisions_dilated_resnet():
+  """Output stride 8 with contract_dilation (mmseg ResNetV1c's rule: the first block of a dilated stage at
+  half the dilation) is exactly torchvision's replace_stride_with_dilation=[False, True, True]."""
+  state_dict, x, ref = _torch_reference(50, dilated=True)
+  out = _flax_outputs(50, convert_state_dict(state_dict, 50), x, dilated=True)
+  assert out['stage4'].shape[1:3] == (28, 28)  # 224 / 8
+  errors = {k: _rel_err(out[k], ref[k]) for k in ref}
+  assert max(errors.values()) <= 1e-5, errors
+  # Negative control: every block of a dilated stage at the full rate (the PaddleSeg / mmseg default).
+  model = ResNet(depth=50, variant='torchvision', num_classes=1000, output_stride=8)
+  with jax.default_matmul_precision('float32'):
+    full = model.apply(convert_state_dict(state_dict, 50), jnp.asarray(x.transpose(0, 2, 3, 1)))
+  assert _rel_err(np.asarray(full['stage4']), ref['stage4']) > 1e-2
 
 
 @pytest.mark.full_size
@@ -236,7 +254,7 @@ def test_bad_depth():
 
 
 def test_models_and_converter_do_not_import_torch():
-  code = ('import sys, ma_resnet.models.resnet, ma_resnet.models.layers, ma_resnet.convert, '
+  code = ('import sys, ma_resnet.models.backbones.resnet, ma_resnet.models.layers, ma_resnet.convert, '
           'ma_resnet.convert.torchvision, ma_resnet.convert.__main__\n'
           'assert "torch" not in sys.modules, "torch imported"\n'
           'assert "orbax.checkpoint" not in sys.modules, "orbax imported"\n')

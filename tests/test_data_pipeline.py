@@ -34,13 +34,13 @@ def test_default_configs_have_all_fields():
   fields = {"name", "root", "source", "tfds_data_dir", "split", "eval_split", "clip_length", "clip_start_stride",
             "crop_size", "eval_size", "eval_native_labels", "batch_size", "shuffle", "num_epochs", "scale_range", "flip", "jitter",
             "normalize", "mean", "std", "seed", "worker_count", "worker_buffer_size", "read_threads",
-            "prefetch_buffer_size", "vspw_mode", "person_class", "synthetic"}
-  for name in ("synthetic", "camvid", "vspw"):
+            "prefetch_buffer_size", "vspw_mode", "person_class", "synthetic", "cityscapes"}
+  for name in ("synthetic", "camvid", "vspw", "cityscapes"):
     config = default_data_config(name)
     assert set(config.keys()) == fields, name
   assert default_data_config("camvid").crop_size == (360, 480)
   with pytest.raises(ValueError):
-    default_data_config("cityscapes")
+    default_data_config("kitti")
 
 
 def test_same_seed_same_batches_other_seed_other_batches():

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 import test_training_support as support
-from ma_resnet import checkpoints, evaluation, training, visualize
+from ma_resnet import checkpoints, evaluation, models, training, visualize
 from ma_resnet import data as data_lib
 from ma_resnet.models.ops import resize_bilinear
 
@@ -52,7 +52,7 @@ def _evaluate_reference_run(config, lanes: int = 1):
   """The reference run's latest checkpoint streamed over val with `config`: (metrics, frames seen, model,
   variables, num_classes)."""
   num_classes = data_lib.num_classes(config.data)
-  model = training.build_model(config, num_classes)
+  model = models.build(config.model, num_classes)
   store = checkpoints.TrainCheckpoints(os.path.join(support.reference_run(), 'checkpoints'))
   variables = store.restore_variables(store.latest_step())
   store.close()

@@ -33,7 +33,7 @@ from ma_resnet.models.heads import (DisentangledNonLocal, FlowAlignment, adaptiv
 from ma_resnet.models.layers import BN_MOMENTUM
 
 HEADS = ('pspnet', 'sfnet', 'dnlnet', 'fcn')
-ENCODERS = ('plain', 'ma')
+TEMPORAL = ('plain', 'pcma')
 B, T, H, W = 1, 3, 48, 64
 NUM_CLASSES = 5
 
@@ -224,9 +224,9 @@ def test_dnl_block_matches_reference():
 # ---------------------------------------------------------------------------------------------------------
 # Whole models through `build`.
 
-def tiny_config(head: str, encoder: str, aux: bool = True) -> ml_collections.ConfigDict:
+def tiny_config(head: str, temporal: str, aux: bool = True) -> ml_collections.ConfigDict:
   config = default_model_config()
-  config.encoder = encoder
+  config.temporal = temporal
   config.depth = 18
   config.multi_grid = None
   config.output_stride = 8
@@ -234,9 +234,9 @@ def tiny_config(head: str, encoder: str, aux: bool = True) -> ml_collections.Con
   config.head_options = ml_collections.ConfigDict({})
   config.aux_head = 'fcn' if aux else ''
   config.pcma.memory_length = 2
-  if encoder == 'ma':
-    # All four stages, as the paper's Figure 1: with the code's stages 1-3 (the default), nothing reaches a
-    # head that reads stage4 only (PSPNet, DNLNet, FCN), since the enhanced maps do not feed later stages.
+  if temporal == 'pcma':
+    # All four stages, as the paper's Figure 1; `build` keeps those the heads read (the enhanced maps do not
+    # feed later stages): stage3 (auxiliary head) and stage4, all four for SFNet.
     config.pcma.stages = ('stage1', 'stage2', 'stage3', 'stage4')
   return config
 
@@ -269,9 +269,9 @@ def _init_like_modules(shapes, seed: int = 0):
 
 
 @functools.lru_cache(maxsize=None)
-def _init(head: str, encoder: str):
+def _init(head: str, temporal: str):
   """(model, initial variables) of a small segmenter."""
-  model = build(tiny_config(head, encoder), num_classes=NUM_CLASSES)
+  model = build(tiny_config(head, temporal), num_classes=NUM_CLASSES)
   keys = {'params': jax.random.key(0), 'dropout': jax.random.key(1)}
   shapes = jax.eval_shape(model.init, keys, jax.ShapeDtypeStruct((B, 1, H, W, 3), jnp.float32))
   return model, _init_like_modules(shapes)
@@ -287,14 +287,14 @@ def _learnable_clip(seed: int = 3):
 
 
 @functools.lru_cache(maxsize=None)
-def _training_run(head: str, encoder: str, steps: int = 4):
+def _training_run(head: str, temporal: str, steps: int = 4):
   """SGD steps on `_learnable_clip` in train mode (batch statistics, dropout rng, auxiliary head).
 
   The backbone is held fixed (its backward pass would double the compile time, which dominates); head,
   auxiliary head and PCMA train. Returns the losses, the first step's gradients, and the batch-norm
   statistics before and after the first step.
   """
-  model, variables = _init(head, encoder)
+  model, variables = _init(head, temporal)
   clip, labels = _learnable_clip()
   optimizer = optax.sgd(0.1, momentum=0.9)  # cheaper to compile than adam
   params = dict(variables['params'])
@@ -329,18 +329,18 @@ def _training_run(head: str, encoder: str, steps: int = 4):
   return losses, first
 
 
-@pytest.mark.parametrize('encoder', ENCODERS)
+@pytest.mark.parametrize('temporal', TEMPORAL)
 @pytest.mark.parametrize('head', HEADS)
-def test_training_steps_lower_the_loss(head, encoder):
+def test_training_steps_lower_the_loss(head, temporal):
   """Train mode: logits and auxiliary logits (B, T, H, W, K) (checked while tracing), finite gradients on
   every head parameter (and on the stage-4 memory attention with MA), updated running statistics, and four
   SGD steps on a fixed learnable clip lower the loss at every step, by 5 % in all."""
-  losses, first = _training_run(head, encoder)
+  losses, first = _training_run(head, temporal)
   assert all(np.isfinite(g).all() for g in jax.tree.leaves(first['grads']))
   assert all(np.abs(g).max() > 0 for g in jax.tree.leaves(first['grads']['head'])), \
       'a head parameter gets no gradient'
-  if encoder == 'ma':  # every head reads stage4: its memory attention trains
-    assert all(np.abs(g).max() > 0 for g in jax.tree.leaves(first['grads']['pcma_stage4']))
+  if temporal == 'pcma':  # every head reads stage4: its memory attention trains
+    assert all(np.abs(g).max() > 0 for g in jax.tree.leaves(first['grads']['temporal']['pcma_stage4']))
   before, after = jax.tree.leaves(first['stats_before']), jax.tree.leaves(first['stats_after'])
   assert len(before) == len(after) and not any(np.allclose(a, b) for a, b in zip(after, before))
   assert all(b < a for a, b in zip(losses, losses[1:])) and losses[-1] < 0.95 * losses[0], losses
@@ -355,8 +355,8 @@ def calibrated(head: str):
   statistics (mean 0, var 1) He-initialised maps grow to ~50 and SFNet's flows to tens of pixels. Batch-norm
   scales perturbed so that they are not all 1.
   """
-  model, variables = _init(head, 'ma')
-  _, first = _training_run(head, 'ma')
+  model, variables = _init(head, 'pcma')
+  _, first = _training_run(head, 'pcma')
   # Running value after one update: new = m * old + (1 - m) * batch (flax momentum m).
   m = BN_MOMENTUM
   stats = jax.tree.map(lambda new, old: (np.asarray(new) - m * np.asarray(old)) / (1 - m),
@@ -370,7 +370,7 @@ def calibrated(head: str):
 
 @pytest.mark.parametrize('head', HEADS)
 def test_eval_logits_and_streaming_step_equal_scanned_apply(head):
-  """MA encoder, memory length 2, eval mode: the clip's logits, and `step` frame by frame reproduces them."""
+  """PCMA, memory length 2, eval mode: the clip's logits, and `step` frame by frame reproduces them."""
   model, variables = calibrated(head)
   frames, _ = _learnable_clip()
   out = jit(model.apply)(variables, frames)
@@ -406,22 +406,22 @@ def _param_counts(config, num_classes: int, size=(1, 1, 64, 64, 3)) -> dict[str,
   return {k: _count(v) for k, v in shapes['params'].items()}
 
 
-# Small config: ResNet18-vd OS8, 5 classes, auxiliary FCN on stage3 (64 channels), MA: PCMA on stages 1-4.
+# Small config: ResNet18-vd OS8, 5 classes, auxiliary FCN on stage3 (64 channels), PCMA on stages the heads read.
 TINY_HEAD_PARAMS = {'pspnet': 1_443_717, 'sfnet': 2_592_133, 'dnlnet': 1_509_318, 'fcn': 1_475_973}
 TINY_BACKBONE, TINY_AUX = 11_199_968, 147_909
 
 
-@pytest.mark.parametrize('encoder', ENCODERS)
+@pytest.mark.parametrize('temporal', TEMPORAL)
 @pytest.mark.parametrize('head', HEADS)
-def test_parameter_counts_small_config(head, encoder):
-  counts = _param_counts(tiny_config(head, encoder), NUM_CLASSES)
+def test_parameter_counts_small_config(head, temporal):
+  counts = _param_counts(tiny_config(head, temporal), NUM_CLASSES)
   expected = {'backbone': TINY_BACKBONE, 'head': TINY_HEAD_PARAMS[head], 'aux_head': TINY_AUX}
-  if encoder == 'ma':
-    expected.update({'pcma_stage1': 1_200, 'pcma_stage2': 4_704, 'pcma_stage3': 18_624, 'pcma_stage4': 74_112})
+  if temporal == 'pcma':  # PCMA stage1 1_200, stage2 4_704, stage3 18_624, stage4 74_112: those the heads read
+    expected['temporal'] = 98_640 if head == 'sfnet' else 18_624 + 74_112
   assert counts == expected
 
 
-# ResNet50-vd OS8 (multi-grid 1, 2, 4), 19 classes, plain encoder, mmseg's auxiliary FCN head.
+# ResNet50-vd OS8 (multi-grid 1, 2, 4), 19 classes, plain model, mmseg's auxiliary FCN head.
 R50_BACKBONE = 23_527_264  # = mmseg ResNetV1c-50 (the vd avg-pool shortcut adds no parameters)
 R50_AUX = 2_364_691        # FCNHead(1024 -> 256, one conv, no concat) + 19-class classifier
 R50_HEAD_PARAMS = {
@@ -489,7 +489,7 @@ def test_unknown_option_of_deeplabv3plus_is_refused():
 
 @pytest.mark.parametrize('head', HEADS)
 def test_bfloat16_compute_traces_to_float32_logits(head):
-  config = tiny_config(head, 'ma')
+  config = tiny_config(head, 'pcma')
   config.dtype = 'bfloat16'
   model = build(config, NUM_CLASSES)
   clip = jax.ShapeDtypeStruct((B, T, H, W, 3), jnp.float32)

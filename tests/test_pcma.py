@@ -1,4 +1,4 @@
-"""PCMA, the memory pytree and the video segmenter: scan vs step, FIFO, reset, options, gradients."""
+"""PCMA, its memory pytree and the video segmenter: scan vs step, FIFO, reset, options, gradients."""
 import functools
 
 import jax
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from ma_resnet.models import build, default_model_config
-from ma_resnet.models import memory as memory_lib
-from ma_resnet.models.pcma import PCMAOptions, attend
+from ma_resnet.models.temporal import pcma as pcma_lib
+from ma_resnet.models.temporal import PCMAOptions, attend, reset_state
 
 H, W = 32, 48
 
@@ -66,10 +66,10 @@ def test_scan_equals_step():
 
 
 def test_push_is_first_in_first_out():
-  mem = memory_lib.empty_stage_memory(1, 2, (1, 1), 1, 1)
+  mem = pcma_lib.empty_stage_memory(1, 2, (1, 1), 1, 1)
   for value in (1.0, 2.0, 3.0):
     full = jnp.full((1, 1, 1, 1), value)
-    mem = memory_lib.push(mem, full, 10 * full)
+    mem = pcma_lib.push_stage_memory(mem, full, 10 * full)
   np.testing.assert_array_equal(mem.keys[0, :, 0, 0, 0], [2.0, 3.0])  # oldest first, 1.0 dropped
   np.testing.assert_array_equal(mem.values[0, :, 0, 0, 0], [20.0, 30.0])
   assert bool(mem.valid.all())
@@ -90,7 +90,7 @@ def test_reset_clears_exactly_the_flagged_samples():
   model, variables, apply, _ = tiny()
   frames = clip()
   full = apply(variables, frames).memory
-  cleared = memory_lib.reset(full, jnp.array([True, False]))
+  cleared = reset_state(full, jnp.array([True, False]))
   for stage in full:
     assert not bool(cleared[stage].valid[0].any())
     assert float(jnp.abs(cleared[stage].keys[0]).max()) == 0.0
@@ -133,11 +133,9 @@ def test_gradients(detach):
 
   grads, wrt_input = jax.jit(jax.grad(loss_of_last_frame, argnums=(0, 1)))(variables['params'],
                                                                             clip())
-  magnitude = lambda stage: float(jnp.abs(grads[f'pcma_{stage}']['key_encoder']['conv']['kernel']).max())
-  assert magnitude('stage1') > 0, 'no gradient reaches the PCMA key encoder of stage1'
-  # DeepLabV3+ reads only stage1 and stage4, and (as in the authors' code) enhanced maps do not feed the
-  # next stage: PCMA on stages 2-3 cannot influence its logits.
-  assert magnitude('stage2') == 0 and magnitude('stage3') == 0
+  pcma = grads['temporal']['pcma_stage1']
+  assert float(jnp.abs(pcma['key_encoder']['conv']['kernel']).max()) > 0, 'no gradient reaches the key encoder'
+  assert all(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(pcma)), 'a PCMA parameter gets no gradient'
   # The last frame sees the first two only through the memory.
   earlier = float(jnp.abs(wrt_input[:, :2]).max())
   if detach:
@@ -148,7 +146,7 @@ def test_gradients(detach):
 
 def test_attend_masks_empty_slots_and_partial_warmup():
   options = PCMAOptions(memory_length=2, warmup='partial')
-  mem = memory_lib.empty_stage_memory(1, 2, (2, 2), 2, 4)
+  mem = pcma_lib.empty_stage_memory(1, 2, (2, 2), 2, 4)
   key = jax.random.normal(jax.random.key(0), (1, 2, 2, 2))
   value = 1.0 + jnp.abs(jax.random.normal(jax.random.key(1), (1, 2, 2, 4)))  # all values >= 1
   readout, enhanced, mem = attend(mem, key, value, options)
@@ -200,11 +198,27 @@ def test_bad_options_are_refused():
     PCMAOptions(ratio=0.3).channels(64)
 
 
-def test_plain_encoder_has_empty_memory_and_same_interface():
-  config = tiny_config()
-  config.encoder = 'plain'
+def test_pcma_is_built_only_on_stages_the_head_reads(caplog):
+  # DeepLabV3+ reads stage1 and stage4, and (as in the authors' code) enhanced maps do not feed the next
+  # stage: PCMA on stages 2-3 could not change a prediction, so it is not built.
+  config = tiny_config(stages=('stage1', 'stage2', 'stage3'))
   model = build(config, num_classes=5)
-  variables = {collection: {k: v for k, v in tree.items() if not k.startswith('pcma_')}
+  assert model.temporal.options.stages == ('stage1',)
+  assert 'is not built' in caplog.text and 'stage2' in caplog.text
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 1, H, W, 3)))
+  assert set(shapes['params']['temporal']) == {'pcma_stage1'}
+  config = tiny_config(stages=('stage2',))
+  with pytest.raises(ValueError, match='could not change a prediction'):
+    build(config, num_classes=5)
+  config.pcma.feed_forward = True  # then stage 2 feeds stages 3-4, which the head reads
+  assert build(config, num_classes=5).temporal.options.stages == ('stage2',)
+
+
+def test_plain_model_has_empty_memory_and_same_interface():
+  config = tiny_config()
+  config.temporal = 'plain'
+  model = build(config, num_classes=5)
+  variables = {collection: {k: v for k, v in tree.items() if k != 'temporal'}
                for collection, tree in tiny_variables().items()}  # the MA tree without PCMA
   assert model.init_memory(2, (H, W)) == {}
   frames = clip()

@@ -22,7 +22,7 @@ from PIL import Image
 
 pytest.importorskip('imageio_ffmpeg', reason='video inference needs imageio-ffmpeg (pip install imageio-ffmpeg)')
 
-from ma_resnet import predict, video_io, visualize  # noqa: E402
+from ma_resnet import models, predict, video_io, visualize  # noqa: E402
 from ma_resnet.data import SyntheticVideo  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,7 +43,7 @@ def _write_random_run(workdir: str, config) -> None:
   from ma_resnet import checkpoints, logging_utils, training
   from ma_resnet import data as data_lib
 
-  model = training.build_model(config, data_lib.num_classes(config.data))
+  model = models.build(config.model, data_lib.num_classes(config.data))
   tx = training.make_optimizer(config, training.learning_rate_schedule(config))
   abstract = training.abstract_train_state(config, model, tx)
   rng = np.random.default_rng(0)
@@ -184,7 +184,7 @@ def _bad_inputs(run, root):
   plain_workdir = os.path.join(root, 'plain_run')  # a run folder whose config has no PCMA
   os.makedirs(plain_workdir, exist_ok=True)
   config = json.loads(run.config.to_json())
-  config['model']['encoder'] = 'plain'
+  config['model']['temporal'] = 'plain'
   with open(os.path.join(plain_workdir, 'config.json'), 'w') as f:
     json.dump(config, f)
   encoder_dir = os.path.join(root, 'resnet18_converted')  # what python -m ma_resnet.convert writes
@@ -200,7 +200,7 @@ def _bad_inputs(run, root):
       'depth from flags': ([f'--checkpoint={run.step_dir}', f'--config={TEST_CONFIG}', '--config.model.depth=34',
                             f'--video={run.video}'], predict.EXIT_CHECKPOINT, 'params/backbone/stage1/block2'),
       'workdir config': ([f'--workdir={plain_workdir}', f'--checkpoint={run.step_dir}', f'--video={run.video}'],
-                         predict.EXIT_CHECKPOINT, 'only in the checkpoint (2): params/pcma_stage1'),
+                         predict.EXIT_CHECKPOINT, 'only in the checkpoint (2): params/temporal'),
       'encoder only': ([f'--checkpoint={encoder_dir}', f'--video={run.video}'], predict.EXIT_CHECKPOINT,
                        'converted encoder'),
   }

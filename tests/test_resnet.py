@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from ma_resnet.models.layers import BN_EPSILON, BN_MOMENTUM
-from ma_resnet.models.resnet import DEPTHS, STAGES, VARIANTS, ResNet, stage_channels, stage_sizes
+from ma_resnet.models.backbones.resnet import DEPTHS, STAGES, VARIANTS, ResNet, stage_channels, stage_sizes
 
 # Parameters with the 1000-class classifier. torchvision: its published counts. vd / v1c: the same network
 # with the deep stem (+19,232); vd ResNet18/34 also have a 1x1 projection in stage 1's first block (+4,224;
@@ -124,9 +124,9 @@ def _convs(jaxpr):
         yield from _convs(sub)
 
 
-def _conv_geometry(depth, output_stride, multi_grid, size=(64, 96)):
+def _conv_geometry(depth, output_stride, multi_grid, size=(64, 96), **options):
   """[(kernel size, stride, dilation, padding)] of every conv, in order."""
-  model = ResNet(depth=depth, output_stride=output_stride, multi_grid=multi_grid)
+  model = ResNet(depth=depth, output_stride=output_stride, multi_grid=multi_grid, **options)
   x = jax.ShapeDtypeStruct((1,) + size + (3,), jnp.float32)
   variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
   jaxpr = jax.make_jaxpr(lambda v, x: model.apply(v, x))(variables, x).jaxpr
@@ -158,6 +158,28 @@ def test_dilations_strides_and_padding(output_stride, multi_grid, expected):
     assert [c[1] for c in convs] == [2 if strided else 1, 1, 1, 1], (stage, convs)
   ones = [g for g in geometry if g[0] == 1]  # projections: 1x1, undilated, unpadded
   assert all(g[2] == 1 and g[3] == (0, 0) for g in ones) and len(ones) == 3
+
+
+def test_contract_dilation_halves_the_first_block_of_dilated_stages():
+  """mmseg ResNetV1c-50 at output stride 8 (TMANet): stage 3 runs 1, 2, 2, 2, 2, 2 and stage 4 2, 4, 4."""
+  geometry = _conv_geometry(50, 8, None, variant='v1c', contract_dilation=True)
+  assert [g[0] for g in geometry[:3]] == [3, 3, 3]  # the deep stem
+  block_threes = [g for g in geometry[3:] if g[0] == 3]
+  assert [g[2] for g in block_threes] == [1] * 3 + [1] * 4 + [1] + [2] * 5 + [2, 4, 4]
+  assert all(g[3] == (g[2], g[2]) for g in block_threes)
+  multi = _conv_geometry(50, 8, (1, 2, 4), variant='v1c', contract_dilation=True)  # a multi-grid wins
+  assert [g[2] for g in multi[3:] if g[0] == 3][-3:] == [4, 8, 16]
+
+
+def test_only_the_stages_asked_for_run():
+  model = ResNet(depth=18)
+  x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+  variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, stages=('stage2',)), x)
+  assert set(variables['params']) == {'stem', 'stage1', 'stage2'}
+  out = jax.eval_shape(lambda v, x: model.apply(v, x, stages=('stage1', 'stage2')), variables, x)
+  assert set(out) == {'stage1', 'stage2'}
+  with pytest.raises(ValueError, match='stage5'):
+    model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), stages=('stage5',))
 
 
 # ---------------------------------------------------------------------------------------------------------

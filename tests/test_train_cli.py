@@ -85,7 +85,7 @@ def test_missing_dataset_folder_is_one_clear_error_and_the_workdir_is_untouched(
 
 @pytest.mark.parametrize('override, named', [
     ('--config.model.depth=34', 'params/backbone/stage1/block2'),
-    ('--config.model.encoder=plain', 'params/pcma_stage1'),
+    ('--config.model.temporal=plain', 'params/temporal'),
 ])
 def test_checkpoint_of_another_architecture_is_refused_and_nothing_is_overwritten(override, named):
   workdir = support.copy_workdir(support.reference_run(), 'other_arch')

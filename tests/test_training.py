@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import test_training_support as support
-from ma_resnet import checkpoints, evaluation, training
+from ma_resnet import checkpoints, evaluation, models, training
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -51,7 +51,7 @@ def test_loss_ignores_255_unlabelled_and_warmup_frames():
     want_loss, want_accuracy = reference(frame_mask)
     np.testing.assert_allclose(float(ce_sum / count), want_loss, rtol=1e-5)
     np.testing.assert_allclose(float(correct / count), want_accuracy, rtol=1e-6)
-  # A plain encoder counts every labelled frame, whatever loss_on_warmup_frames says.
+  # A plain model counts every labelled frame, whatever loss_on_warmup_frames says.
   plain = training.frame_weights(batch, jnp.zeros((2, 3), bool), loss_on_warmup_frames=False, has_memory=False)
   np.testing.assert_array_equal(np.asarray(plain), labelled.astype(np.float32))
 
@@ -116,7 +116,7 @@ def test_sgd_weight_decay_is_added_to_the_gradient():
 
 def _abstract_step(config):
   """Traces one train_step of `config` (no compilation): (state, metrics) shapes, and the jaxpr text."""
-  model = training.build_model(config, 4)
+  model = models.build(config.model, 4)
   schedule = training.learning_rate_schedule(config)
   tx = training.make_optimizer(config, schedule)
   state = training.abstract_train_state(config, model, tx)
@@ -135,7 +135,7 @@ def test_remat_and_bfloat16_options_trace_with_the_same_parameters():
   config = support.load_test_config()
   state, (new_state, metrics), jaxpr = _abstract_step(config)
   assert 'checkpoint' not in jaxpr and 'remat' not in jaxpr
-  config.remat = True
+  config.model.remat = True
   config.compute_dtype = 'bfloat16'
   assert config.model.dtype == 'bfloat16'  # linked
   remat_state, (remat_new, remat_metrics), remat_jaxpr = _abstract_step(config)
@@ -150,7 +150,7 @@ def test_remat_and_bfloat16_options_trace_with_the_same_parameters():
 def test_init_from_converted_encoder(tmp_path):
   from ma_resnet.convert.checkpoint_io import make_metadata, save_converted
   config = support.load_test_config()
-  model = training.build_model(config, 4)
+  model = models.build(config.model, 4)
   tx = training.make_optimizer(config, training.learning_rate_schedule(config))
   state = training.create_train_state(config, model, tx, jax.random.key(0))
   rng = np.random.default_rng(0)
@@ -172,10 +172,19 @@ def test_init_from_converted_encoder(tmp_path):
   # Right depth in the metadata, wrong tree: the paths are named.
   config.model.depth = 18
   broken = {'params': dict(backbone['params']), 'batch_stats': backbone['batch_stats']}
-  del broken['params']['stage4']
+  del broken['params']['stage1']
   path2 = save_converted(broken, meta, tmp_path / 'r18_broken')
-  with pytest.raises(checkpoints.CheckpointMismatchError, match='missing in the checkpoint.*params/stage4'):
+  with pytest.raises(checkpoints.CheckpointMismatchError, match='missing in the checkpoint.*params/stage1'):
     checkpoints.load_pretrained_encoder(state, path2, config.model)
+  # A whole converted ResNet18 initialises a model that builds only stem and stage 1 (test config): the
+  # stages it does not build are dropped.
+  assert set(state.params['backbone']) == {'stem', 'stage1'}
+  shapes = jax.eval_shape(models.ResNet(depth=18).init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+  whole = jax.tree.map(lambda x: rng.normal(size=x.shape).astype(np.float32), dict(shapes))
+  path3 = save_converted(whole, meta, tmp_path / 'r18_whole')
+  loaded = checkpoints.load_pretrained_encoder(state, path3, config.model)
+  np.testing.assert_array_equal(np.asarray(loaded.params['backbone']['stage1']['block0']['conv1']['conv']['kernel']),
+                                whole['params']['stage1']['block0']['conv1']['conv']['kernel'])
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -198,7 +207,7 @@ def test_four_devices_match_one_device():
   assert worst <= 1e-5, worst
   # The sharded evaluation scores the 4-device checkpoint as a 1-device evaluation does.
   config = support.load_test_config()
-  model = training.build_model(config, training.data_lib.num_classes(config.data))
+  model = models.build(config.model, training.data_lib.num_classes(config.data))
   metrics = evaluation.Evaluator(model, config.data, 'val', lanes=1).evaluate(b)
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     sharded = [json.loads(line) for line in f if 'eval/miou' in line][-1]
@@ -303,33 +312,15 @@ def test_multi_process_launch_detection():
   assert parallel.multi_process_launch_detected({'JAX_COORDINATOR_ADDRESS': '10.0.0.1:1234'})
 
 
-def test_batch_stats_of_layers_that_cannot_reach_the_loss_are_left_alone():
-  # configs/test.py: the FCN head reads stage1 only, so stages 2-4 never influence a prediction; their
-  # running statistics stay at their initial values (and XLA does not compute those stages at all).
+def test_only_what_the_head_reads_is_built_and_every_statistic_trains():
+  # configs/test.py: the FCN head reads stage1 only, so the backbone stops after stage 1: stages 2-4 have no
+  # parameters and no batch-norm statistics at all, and every statistic that exists changes in training.
   reference = support.reference_run()
   store = checkpoints.TrainCheckpoints(os.path.join(reference, 'checkpoints'))
-  early, late = store.restore_variables(2)['batch_stats'], store.restore_variables(16)['batch_stats']
+  early, late = store.restore_variables(2), store.restore_variables(16)
   store.close()
-  for stage in ('stage2', 'stage3', 'stage4'):
-    for a, b in zip(jax.tree.leaves(early['backbone'][stage]), jax.tree.leaves(late['backbone'][stage])):
-      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  changed = lambda a, b: any(not np.array_equal(np.asarray(x), np.asarray(y))
-                             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-  assert changed(early['backbone']['stage1'], late['backbone']['stage1'])
-  assert changed(early['head'], late['head']) and changed(early['pcma_stage1'], late['pcma_stage1'])
-  assert changed(early['backbone']['stem'], late['backbone']['stem'])
-  # The analysis itself: every module the loss uses is live, the others are not.
-  config = support.load_test_config()
-  model = training.build_model(config, 4)
-  variables = jax.eval_shape(lambda r: training.init_variables(model, r, training.example_clip_shape(config)),
-                             jax.random.key(0))  # shapes only: the analysis traces, it does not compute
-  batch_stats = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), variables['batch_stats'])
-  clip = jnp.zeros((1,) + training.example_clip_shape(config)[1:])
-
-  def loss(params):
-    out, _ = model.apply({'params': params, 'batch_stats': batch_stats}, clip, train=True,
-                         mutable=['batch_stats'], rngs={'dropout': jax.random.key(0)})
-    return jnp.sum(out.logits)
-  live = training.live_modules(loss, variables['params'])
-  assert ('backbone', 'stage1', 'block0', 'conv1', 'bn') in live and ('head', 'classifier', 'conv') in live
-  assert not any(m[:2] == ('backbone', 'stage4') for m in live)
+  for collection in ('params', 'batch_stats'):
+    assert set(early[collection]['backbone']) == {'stem', 'stage1'}
+  for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(early['batch_stats'])[0],
+                          jax.tree.leaves(late['batch_stats'])):
+    assert not np.array_equal(np.asarray(a), np.asarray(b)), f'{jax.tree_util.keystr(path)} never updated'

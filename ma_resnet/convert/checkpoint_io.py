@@ -172,6 +172,24 @@ def apply_table(state_dict: Mapping[str, Any], table: Table, what: str, hint: st
   return variables
 
 
+def shaped_table(rows: Mapping[str, tuple[str, tuple[str, ...], str]], model_shapes: Mapping[str, Any],
+                 ignored: Iterable[str] = ()) -> Table:
+  """A `Table` from rows `source name -> (collection, Flax path, transform)`, each row's expected source shape
+  read off `model_shapes` (e.g. `jax.eval_shape(model.init, ...)`): the model defines the shapes."""
+  entries = {}
+  for name, (collection, path, transform) in rows.items():
+    target = model_shapes[collection]
+    for key in path:
+      target = target[key]
+    shape = tuple(target.shape)
+    if transform == 'conv_oihw_to_hwio':
+      shape = (shape[3], shape[2], shape[0], shape[1])
+    elif transform == 'linear_oi_to_io':
+      shape = (shape[1], shape[0])
+    entries[name] = Entry(collection, tuple(path), transform, shape)
+  return Table(entries, frozenset(ignored) - frozenset(entries))
+
+
 def table_target_shapes(table: Table) -> dict[str, dict]:
   """The variables tree a table produces, with shape tuples as leaves (to compare with a Flax model)."""
   tree: dict[str, dict] = {}

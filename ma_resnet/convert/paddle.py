@@ -18,12 +18,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ma_resnet.models.backbones.resnet import DEPTHS, STAGES, ResNet, stage_channels
 from ma_resnet.models.heads import DeepLabV3PlusHead
-from ma_resnet.models.pcma import PCMAOptions
-from ma_resnet.models.resnet import DEPTHS, STAGES, ResNet, stage_channels
-from ma_resnet.models.segmenter import Segmenter
+from ma_resnet.models.segmenter import VideoSegmenter
+from ma_resnet.models.temporal import PCMA, PCMAOptions
 
-from ma_resnet.convert.checkpoint_io import ConversionError, Entry, Table, apply_table
+from ma_resnet.convert.checkpoint_io import ConversionError, Table, apply_table, shaped_table
 
 _CONV, _COPY = 'conv_oihw_to_hwio', 'identity'
 _BN = {'weight': ('params', 'scale'), 'bias': ('params', 'bias'),
@@ -65,8 +65,8 @@ def reference_name_table(depth: int = 50, pcma_stages=('stage1', 'stage2', 'stag
   channels = stage_channels(depth)
   for stage in pcma_stages:
     prefix = f'backbone.mem_{channels[stage]}'
-    _conv_bn(table, f'{prefix}.key_enc.0', (f'pcma_{stage}', 'key_encoder'))
-    _bn(table, f'{prefix}.bn_relu.0.', (f'pcma_{stage}', 'readout_bn'))
+    _conv_bn(table, f'{prefix}.key_enc.0', ('temporal', f'pcma_{stage}', 'key_encoder'))
+    _bn(table, f'{prefix}.bn_relu.0.', ('temporal', f'pcma_{stage}', 'readout_bn'))
   aspp = ('head', 'aspp')
   for i, rate in enumerate(aspp_rates):
     reference = f'head.aspp.aspp_blocks.{i}'
@@ -103,13 +103,17 @@ def read_pdparams(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 
 def reference_model(num_classes: int, memory_length: int = 1, ratio: float = 0.25,
-                    dtype: Any = jnp.float32) -> Segmenter:
-  """The reference architecture: MA-ResNet50-vd (OS 8, multi-grid 1/2/4) + PaddleSeg DeepLabV3+."""
-  return Segmenter(
+                    dtype: Any = jnp.float32) -> VideoSegmenter:
+  """The reference architecture: MA-ResNet50-vd (OS 8, multi-grid 1/2/4) + PaddleSeg DeepLabV3+, with PCMA on
+  stages 1-3 as in the authors' code (stages 2-3 cannot change the logits, but their enhanced maps are the
+  reference's stage outputs)."""
+  options = PCMAOptions.reference(memory_length=memory_length, ratio=ratio)
+  channels = stage_channels(50)
+  return VideoSegmenter(
       backbone=ResNet(50, 'vd', output_stride=8, multi_grid=(1, 2, 4), dtype=dtype),
+      temporal=PCMA(options, tuple(channels[s] for s in options.stages), dtype=dtype),
       head=DeepLabV3PlusHead(num_classes, aspp_rates=(1, 12, 24, 36), dtype=dtype),
       num_classes=num_classes,
-      pcma=PCMAOptions.reference(memory_length=memory_length, ratio=ratio),
   )
 
 
@@ -118,17 +122,8 @@ def reference_table(num_classes: int, ratio: float = 0.25) -> Table:
   unused stage-4 PCMA (`mem_2048`, present in the authors' checkpoints) are accepted and dropped."""
   model = reference_model(num_classes, ratio=ratio)
   expected = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 1, 64, 64, 3))))
-  entries = {}
-  for name, (collection, path, transform) in reference_name_table().items():
-    target = expected[collection]
-    for key in path:
-      target = target[key]
-    shape = tuple(target.shape)
-    if transform == _CONV:
-      shape = (shape[3], shape[2], shape[0], shape[1])
-    entries[name] = Entry(collection, path, transform, shape)
   unused = reference_name_table(pcma_stages=('stage1', 'stage2', 'stage3', 'stage4'))
-  return Table(entries, frozenset(unused) - frozenset(entries))
+  return shaped_table(reference_name_table(), expected, ignored=unused)
 
 
 def load_reference(state_dict_or_path, *, num_classes: int, memory_length: int = 1, ratio: float = 0.25):

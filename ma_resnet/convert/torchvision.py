@@ -1,4 +1,4 @@
-"""torchvision ResNet state dicts -> `ma_resnet.models.resnet.ResNet(depth, variant='torchvision')` variables.
+"""torchvision ResNet state dicts -> `ma_resnet.models.backbones.resnet.ResNet(depth, variant='torchvision')` variables.
 
 The mapping is an explicit table built from the depth (`key_table(depth)`), e.g. for ResNet50:
 
@@ -29,7 +29,7 @@ from typing import Any
 
 from ma_resnet.convert.checkpoint_io import (ConversionError, Entry, Table, apply_table, make_metadata,
                                              save_converted, unwrap_state_dict)
-from ma_resnet.models.resnet import DEPTHS, STAGES, WIDTHS, expansion
+from ma_resnet.models.backbones.resnet import DEPTHS, STAGES, WIDTHS, expansion
 
 VARIANT = 'torchvision'
 FRAMEWORK = 'torchvision'

@@ -1,4 +1,5 @@
-"""Video data layer: dataset readers (CamVid, VSPW, synthetic), clip augmentation and the grain clip pipeline.
+"""Video data layer: dataset readers (CamVid, VSPW, Cityscapes video, synthetic), clip augmentation and the grain
+clip pipeline.
 
 Shapes are NHWC. Training batches: frames float32 (B, T, H, W, 3), labels int32 (B, T, H, W) with 255 = ignore,
 labelled bool (B, T), sequence_start bool (B, T); see `ma_resnet.data.pipeline` for the config fields and the
@@ -10,6 +11,8 @@ from ma_resnet.data.augment import ClipAugmentation, augment_clip, normalize_ima
 from ma_resnet.data.augment import sample_clip_augmentation
 from ma_resnet.data.camvid import (CAMVID_CLASS_NAMES, CAMVID_MEAN, CAMVID_NUM_CLASSES, CAMVID_PALETTE, CAMVID_STD,
                                    CamVidSequences, parse_frame_name)
+from ma_resnet.data.cityscapes import (CITYSCAPES_CLASS_NAMES, CITYSCAPES_NUM_CLASSES, CITYSCAPES_PALETTE,
+                                       CityscapesSequences)
 from ma_resnet.data.errors import DataError, DataNotFoundError
 from ma_resnet.data.image_files import IGNORE_INDEX
 from ma_resnet.data.pipeline import (IMAGENET_MEAN, IMAGENET_STD, ClipSource, EvalStream, class_names, class_pixel_counts, close_iterator,
@@ -21,8 +24,9 @@ from ma_resnet.data.vspw import (VSPW_CLASS_NAMES, VSPW_NUM_CLASSES, VSPW_PALETT
                                  VSPW_PERSON_CLASS_NAMES, VSPW_PERSON_PALETTE, VspwSequences)
 
 __all__ = [
-    "CAMVID_CLASS_NAMES", "CAMVID_MEAN", "CAMVID_NUM_CLASSES", "CAMVID_PALETTE", "CAMVID_STD", "ClipAugmentation",
-    "ClipSource", "CamVidSequences", "DataError", "DataNotFoundError", "EvalStream", "Frame", "IGNORE_INDEX",
+    "CAMVID_CLASS_NAMES", "CAMVID_MEAN", "CAMVID_NUM_CLASSES", "CAMVID_PALETTE", "CAMVID_STD",
+    "CITYSCAPES_CLASS_NAMES", "CITYSCAPES_NUM_CLASSES", "CITYSCAPES_PALETTE", "ClipAugmentation", "ClipSource",
+    "CamVidSequences", "CityscapesSequences", "DataError", "DataNotFoundError", "EvalStream", "Frame", "IGNORE_INDEX",
     "IMAGENET_MEAN", "IMAGENET_STD", "SequenceDataset", "SyntheticVideo", "VSPW_CLASS_NAMES", "VSPW_NUM_CLASSES",
     "VSPW_PALETTE", "VSPW_PERSON_CLASS", "VSPW_PERSON_CLASS_NAMES", "VSPW_PERSON_PALETTE", "VspwSequences",
     "augment_clip", "class_names", "class_pixel_counts", "close_iterator", "default_data_config", "ignore_index", "make_eval_stream", "make_sequences",

@@ -1,7 +1,8 @@
 """Tiny dataset folders in the real layouts, written from random pixels: for tests and examples.
 
 `write_camvid_tree` writes the SegNet CamVid layout (with list files in the release's absolute-path style) and
-`write_vspw_tree` the VSPW layout. Both return what they wrote so tests can compare against it.
+`write_vspw_tree` the VSPW layout and `write_cityscapes_tree` the Cityscapes video layout. Each returns what it wrote
+so tests can compare against it.
 """
 
 from __future__ import annotations
@@ -79,4 +80,39 @@ def write_vspw_tree(root: str | os.PathLike, splits: Mapping[str, Sequence[str]]
         written[f"{video}/{stem}"] = {"image": image, "mask": mask}
     with open(os.path.join(root, split + ".txt"), "w") as f:
       f.writelines(f"{video}\n" for video in videos)
+  return written
+
+
+def write_cityscapes_tree(root: str | os.PathLike, splits: Mapping[str, Mapping[str, Sequence[tuple[int, int]]]], *,
+                          frames_before: int = 19, frames_after: int = 10, size: tuple[int, int] = (8, 16),
+                          seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
+  """Writes `<root>/leftImg8bit_sequence/<split>/<city>/` and `<root>/gtFine/<split>/<city>/`.
+
+  Args:
+    splits: split -> city -> labelled frames as (sequence number, frame number n); each gets the snippet
+      n-frames_before .. n+frames_after of images and one `_gtFine_labelTrainIds.png` label, for frame n.
+    size: (H, W) of every frame.
+  Returns: {'<city>_<seq>_<frame>': {'image': uint8 (H, W, 3)} plus 'label': uint8 (H, W) in 0..18 or 255 for the
+  labelled frames}.
+  """
+  rng = np.random.default_rng(seed)
+  root = os.fspath(root)
+  values = np.array(list(range(19)) + [255], np.uint8)
+  written = {}
+  for split, cities in splits.items():
+    for city, labelled in cities.items():
+      image_dir = os.path.join(root, "leftImg8bit_sequence", split, city)
+      label_dir = os.path.join(root, "gtFine", split, city)
+      os.makedirs(image_dir, exist_ok=True)
+      os.makedirs(label_dir, exist_ok=True)
+      for sequence, number in labelled:
+        for frame in range(number - frames_before, number + frames_after + 1):
+          stem = f"{city}_{sequence:06d}_{frame:06d}"
+          image = rng.integers(0, 256, size=size + (3,), dtype=np.uint8)
+          Image.fromarray(image).save(os.path.join(image_dir, stem + "_leftImg8bit.png"))
+          written[stem] = {"image": image}
+        stem = f"{city}_{sequence:06d}_{number:06d}"
+        label = values[rng.integers(0, len(values), size=size)]
+        Image.fromarray(label).save(os.path.join(label_dir, stem + "_gtFine_labelTrainIds.png"))
+        written[stem]["label"] = label
   return written

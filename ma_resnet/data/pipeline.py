@@ -40,16 +40,18 @@ eval_native_labels).
 
 Data config fields (defaults of default_data_config('camvid'); other datasets differ where noted)
 ------------------------------------------------------------------------------------------------
-  name                 'camvid'        'synthetic' | 'camvid' | 'vspw'
+  name                 'camvid'        'synthetic' | 'camvid' | 'vspw' | 'cityscapes'
   root                 ''              dataset folder; '' = <repo>/../shared/data/<name>
-  source               'folder'        'folder' (read files under root) | 'tfds' (a prepared TFDS dataset)
+  source               'folder'        'folder' (read files under root) | 'tfds' (a prepared TFDS dataset; camvid
+                                       and vspw only)
   tfds_data_dir        ''              TFDS data_dir for source='tfds' (prepare with tfds_builders.prepare_dataset)
   split                'train'         training split
   eval_split           'val'           default split of make_eval_stream
-  clip_length          2               T, frames per clip (synthetic: 4)
+  clip_length          2               T, frames per clip (synthetic: 4; cityscapes: 3)
   clip_start_stride    1               clip starts at positions 0, s, 2s, ... (synthetic: synthetic.reveal_period,
                                        a copy: change both together)
-  crop_size            (360, 480)      (h, w) of training frames (vspw: (480, 480); synthetic: (64, 64))
+  crop_size            (360, 480)      (h, w) of training frames (vspw: (480, 480); synthetic: (64, 64);
+                                       cityscapes: (512, 1024), a CPU-sane default; TMANet trains on (769, 769))
   eval_size            None            (h, w) to resize evaluation frames to; None = native size
   eval_native_labels   False           with eval_size: keep the labels at their native size (the evaluator then
                                        scores logits resized to them, bilinear) instead of resizing them too
@@ -61,7 +63,8 @@ Data config fields (defaults of default_data_config('camvid'); other datasets di
   jitter               0.1             brightness/contrast/saturation factors in [1 - j, 1 + j] (synthetic: 0.0)
   normalize            True            float32 (x/255 - mean)/std; False: uint8 frames
   mean, std            CamVid train statistics (0.412, 0.425, 0.433), (0.307, 0.312, 0.307); vspw: ImageNet
-                       (IMAGENET_MEAN/STD); synthetic: SYNTHETIC_MEAN/STD. Padding uses the mean colour.
+                       (IMAGENET_MEAN/STD); cityscapes: ImageNet; synthetic: SYNTHETIC_MEAN/STD. Padding uses
+                       the mean colour.
   seed                 0               sampling + augmentation seed (32-bit, >= 0)
   worker_count         0               grain worker processes (0: in the calling process)
   worker_buffer_size   2               batches buffered per worker
@@ -69,6 +72,12 @@ Data config fields (defaults of default_data_config('camvid'); other datasets di
   prefetch_buffer_size 8               clips read ahead
   vspw_mode            'semantic'      'semantic' (124 classes) | 'person' (background/person)
   person_class         60              VSPW class id used as "person" in person mode
+  cityscapes           ConfigDict      frames_before None, frames_after None (ints, placeholder(int) so the command
+                                       line can set them): every sequence is the labelled frame n with the frames
+                                       n-frames_before .. n+frames_after of its snippet; None = the snippet's
+                                       frames on disk (19 before, 10 after). Training as TMANet: frames_before =
+                                       clip_length - 1, frames_after = 0 (one clip per sequence, labelled frame
+                                       last); with None most clips hold no labelled frame.
   synthetic            ConfigDict      height 64, width 64, frames_per_sequence 8, num_object_classes 3,
                                        num_objects 3, reveal_period 4, num_train_sequences 512,
                                        num_val_sequences 32, num_test_sequences 32, min_size 0.2, max_size 0.4,
@@ -84,10 +93,12 @@ from typing import Any, Iterator
 import grain
 import ml_collections
 import numpy as np
+from ml_collections.config_dict import placeholder
 
 from ma_resnet.data.augment import (augment_clip, normalize_images, pad_color_for, resize_clip,
                                     sample_clip_augmentation)
 from ma_resnet.data.camvid import CAMVID_CLASS_NAMES, CAMVID_MEAN, CAMVID_PALETTE, CAMVID_STD, CamVidSequences
+from ma_resnet.data.cityscapes import CITYSCAPES_CLASS_NAMES, CITYSCAPES_PALETTE, CityscapesSequences
 from ma_resnet.data.errors import DataError, DataNotFoundError
 from ma_resnet.data.image_files import IGNORE_INDEX
 from ma_resnet.data.sequences import SequenceDataset
@@ -98,7 +109,7 @@ from ma_resnet.data.vspw import (VSPW_CLASS_NAMES, VSPW_PALETTE, VSPW_PERSON_CLA
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-DATASET_NAMES = ("synthetic", "camvid", "vspw")
+DATASET_NAMES = ("synthetic", "camvid", "vspw", "cityscapes")
 ignore_index = IGNORE_INDEX
 
 # --- configuration ------------------------------------------------------------------------------------------------
@@ -141,9 +152,14 @@ def default_data_config(name: str = "synthetic") -> ml_collections.ConfigDict:
           "reveal_period": 4, "num_train_sequences": 512, "num_val_sequences": 32, "num_test_sequences": 32,
           "min_size": 0.2, "max_size": 0.4, "max_speed": 3.0, "noise": 8, "seed": 0,
       },
+      "cityscapes": {"frames_before": placeholder(int), "frames_after": placeholder(int)},
   })
   if name == "vspw":
     config.crop_size = (480, 480)
+    config.mean, config.std = IMAGENET_MEAN, IMAGENET_STD
+  elif name == "cityscapes":
+    config.clip_length = 3
+    config.crop_size = (512, 1024)  # CPU-sane; TMANet crops 769x769
     config.mean, config.std = IMAGENET_MEAN, IMAGENET_STD
   elif name == "synthetic":
     config.clip_length = 4
@@ -227,6 +243,10 @@ def make_sequences(data_config: Any, split: str | None = None) -> SequenceDatase
   root = resolve_root(data_config)
   if name == "camvid":
     return CamVidSequences(root, split)
+  if name == "cityscapes":
+    cityscapes = _field(data_config, "cityscapes")
+    return CityscapesSequences(root, split, frames_before=_get(cityscapes, "frames_before"),
+                               frames_after=_get(cityscapes, "frames_after"))
   return VspwSequences(root, split, mode=_field(data_config, "vspw_mode"),
                        person_class=_field(data_config, "person_class"))
 
@@ -248,6 +268,8 @@ def class_names(data_config: Any) -> tuple[str, ...]:
   name = _field(data_config, "name")
   if name == "camvid":
     return CAMVID_CLASS_NAMES
+  if name == "cityscapes":
+    return CITYSCAPES_CLASS_NAMES
   if name == "vspw":
     return VSPW_CLASS_NAMES if _field(data_config, "vspw_mode") == "semantic" else VSPW_PERSON_CLASS_NAMES
   if name == "synthetic":
@@ -266,6 +288,8 @@ def palette(data_config: Any) -> np.ndarray:
   name = _field(data_config, "name")
   if name == "camvid":
     return CAMVID_PALETTE
+  if name == "cityscapes":
+    return CITYSCAPES_PALETTE
   if name == "vspw":
     return VSPW_PALETTE if _field(data_config, "vspw_mode") == "semantic" else VSPW_PERSON_PALETTE
   if name == "synthetic":

@@ -7,7 +7,7 @@ positions 0..sequence_length(i)-1 in time order, and `read_frame(i, position)` r
   label     uint8 (H, W): class ids 0..num_classes-1, 255 (`IGNORE_INDEX`) = ignore
   labelled  bool: False for a frame without annotation (its label is all 255)
 
-CamVid, VSPW, the synthetic video and a prepared TFDS dataset all implement it, so the clip pipeline
+CamVid, VSPW, Cityscapes video, the synthetic video and a prepared TFDS dataset all implement it, so the clip pipeline
 (`ma_resnet.data.pipeline`) treats them uniformly. `repr()` of a dataset is stable and path-free (name, split, sizes
 and a fingerprint of the frame list): grain checks it when an iterator state is restored.
 """

@@ -1,9 +1,8 @@
-"""Models: the ResNet family, PCMA memory attention, heads and the video segmenter."""
+"""Models: backbones, temporal modules (PCMA, TMA, ...), heads and the video segmenter that composes them."""
+from ma_resnet.models.backbones import ResNet
 from ma_resnet.models.build import build, default_model_config
-from ma_resnet.models.memory import Memory, StageMemory
-from ma_resnet.models.pcma import PCMAOptions
-from ma_resnet.models.resnet import ResNet
-from ma_resnet.models.segmenter import Segmenter, SegmenterOutput
+from ma_resnet.models.segmenter import SegmenterOutput, VideoSegmenter
+from ma_resnet.models.temporal import PCMA, TMA, PCMAOptions, Plain, TemporalModule, TMAOptions
 
-__all__ = ['build', 'default_model_config', 'Memory', 'StageMemory', 'PCMAOptions', 'ResNet',
-           'Segmenter', 'SegmenterOutput']
+__all__ = ['build', 'default_model_config', 'ResNet', 'SegmenterOutput', 'VideoSegmenter', 'TemporalModule',
+           'PCMA', 'PCMAOptions', 'TMA', 'TMAOptions', 'Plain']

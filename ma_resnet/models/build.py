@@ -1,9 +1,14 @@
-"""One builder for every (encoder: plain | MA, depth, variant, output stride) x (head) combination.
+"""One builder: backbone x temporal module x head, from a config.
 
     model = build(config.model, num_classes=11)
 
 `config.model` (an `ml_collections.ConfigDict` or any mapping) has the fields of `default_model_config()`.
-Configs, tests and notebooks build models here and never assemble them by hand.
+Configs, evaluation, predict, notebooks, benchmarks and tests build models here and never assemble them by hand
+(the converters of the authors' checkpoints build their exact reference models themselves).
+
+Build only what is read: the segmenter runs the backbone only as deep as the head, the auxiliary head and
+the temporal module read, and PCMA is built only on the stages the heads read (with `feed_forward` off,
+PCMA on any other stage could not change a prediction; those stages are dropped with a warning).
 """
 from __future__ import annotations
 
@@ -13,11 +18,11 @@ import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
-from ma_resnet.models.heads import (DeepLabV3PlusHead, DNLHead, FCNHead, PSPHead, SFNetHead, auxiliary_fcn_head,
-                                      head_factory)
-from ma_resnet.models.pcma import PCMAOptions
-from ma_resnet.models.resnet import STAGES, ResNet
-from ma_resnet.models.segmenter import Segmenter
+from ma_resnet.models.backbones.resnet import ResNet
+from ma_resnet.models.heads import (ClassifierHead, DeepLabV3PlusHead, DNLHead, FCNHead, PSPHead, SFNetHead,
+                                    auxiliary_fcn_head, head_factory, stages_read)
+from ma_resnet.models.segmenter import VideoSegmenter
+from ma_resnet.models.temporal import PCMA, TMA, PCMAOptions, Plain, TMAOptions
 
 # head name -> factory(num_classes, dtype, **head_options) -> head module
 HEADS: dict[str, Callable[..., Any]] = {
@@ -26,6 +31,7 @@ HEADS: dict[str, Callable[..., Any]] = {
     'sfnet': head_factory('sfnet', SFNetHead),
     'dnlnet': head_factory('dnlnet', DNLHead),
     'fcn': head_factory('fcn', FCNHead),
+    'classifier': head_factory('classifier', ClassifierHead),
 }
 # auxiliary head name -> factory(num_classes, dtype) -> head module (training only)
 AUX_HEADS: dict[str, Callable[..., Any]] = {
@@ -35,19 +41,27 @@ DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
 def default_model_config() -> ml_collections.ConfigDict:
-  """The reference model (MA-ResNet50-vd, OS 8, DeepLabV3+, PCMA as in the authors' code)."""
+  """The reference model: MA-ResNet50-vd, OS 8, DeepLabV3+, PCMA as in the authors' code.
+
+  The authors' code puts PCMA on stages 1-3, but DeepLabV3+ reads only stages 1 and 4 and the enhanced maps
+  go only to the head, so stages 2-3 cannot change a prediction: the default builds stage 1 only (same
+  logits). `convert.paddle.load_reference` builds all three, as the authors' checkpoints hold them.
+  """
   return ml_collections.ConfigDict({
-      'encoder': 'ma',            # 'ma' (PCMA memory) | 'plain'
+      'temporal': 'pcma',         # see TEMPORAL_MODULES: 'pcma' | 'tma' | 'plain'
       'depth': 50,                # 18 | 34 | 50 | 101 | 152
       'variant': 'vd',            # 'torchvision' | 'vd' | 'v1c'
       'output_stride': 8,         # 8 | 16 | 32
       'multi_grid': (1, 2, 4),    # dilation multipliers of the last stage, or None
+      'contract_dilation': False,  # first block of a dilated stage at half dilation (mmseg ResNetV1c)
       'head': 'deeplabv3plus',    # see HEADS
       'head_options': ml_collections.ConfigDict({'aspp_rates': (1, 12, 24, 36)}),
       'aux_head': '',             # '' (none) or a name in AUX_HEADS, on stage3 (training only)
+      'align_corners': False,     # of the logits' bilinear resize to the input size
       'dtype': 'float32',         # compute dtype: 'float32' | 'bfloat16' (parameters stay float32)
+      'remat': False,             # rematerialise each backbone stage in the backward pass
       'pcma': ml_collections.ConfigDict({
-          'stages': ('stage1', 'stage2', 'stage3'),
+          'stages': ('stage1',),
           'ratio': 0.25,
           'memory_length': 1,
           'key_norm': 'softmax10',
@@ -57,6 +71,15 @@ def default_model_config() -> ml_collections.ConfigDict:
           'detach_memory': True,
           'warmup': 'full',
           'feed_forward': False,
+      }),
+      'tma': ml_collections.ConfigDict({
+          'memory_length': 2,
+          'key_channels': 64,
+          'value_channels': 256,
+          'channels': 512,
+          'stage': 'stage4',
+          'matmul_norm': False,
+          'detach_memory': False,
       }),
   })
 
@@ -68,41 +91,57 @@ def _choice(config: Mapping, key: str, allowed) -> Any:
   return value
 
 
-def stages_read(head) -> set[str]:
-  """The stage maps a head reads: its `stages` / `in_stage` / `low_level` / `high_level` fields, else all.
+def _pcma(config: Mapping, backbone: ResNet, heads_read: set[str], dtype) -> PCMA:
+  options = dict(config['pcma'])
+  options['stages'] = tuple(options['stages'])
+  options = PCMAOptions(**options)
+  if not options.feed_forward:
+    unread = [s for s in options.stages if s not in heads_read]
+    if unread and len(unread) == len(options.stages):
+      raise ValueError(f'model.pcma.stages={options.stages}, but the head reads only {sorted(heads_read)} and '
+                       'the enhanced maps go only to the head: the memory could not change a prediction. Put '
+                       'PCMA on a stage the head reads, or set model.pcma.feed_forward=True.')
+    if unread:
+      logging.warning('PCMA on %s is not built: the head reads only %s, so it could not change a prediction '
+                      '(model.pcma.stages=%s).', unread, sorted(heads_read), options.stages)
+      options = PCMAOptions(**{**options.__dict__, 'stages': tuple(s for s in options.stages if s in heads_read)})
+  channels = backbone.feature_shapes((64, 64))
+  return PCMA(options, tuple(channels[s][2] for s in options.stages), dtype=dtype)
 
-  With enhanced maps going only to the head (the code's behaviour), PCMA on a stage the head does not read
-  changes nothing: `build` warns about such a combination.
-  """
-  if hasattr(head, 'stages'):
-    return set(head.stages)
-  fields = [getattr(head, name) for name in ('in_stage', 'low_level', 'high_level') if hasattr(head, name)]
-  return set(fields) if fields else set(STAGES)
+
+def _tma(config: Mapping, backbone: ResNet, heads_read: set[str], dtype) -> TMA:
+  del backbone
+  options = TMAOptions(**dict(config['tma']))
+  if options.stage not in heads_read:
+    raise ValueError(f'model.tma.stage={options.stage!r} is not read by the head (it reads {sorted(heads_read)}):'
+                     " TMANet's head is model.head='classifier' with head_options.in_stage = model.tma.stage")
+  return TMA(options, dtype=dtype)
 
 
-def build(config: Mapping, num_classes: int) -> Segmenter:
-  """The `Segmenter` described by `config` (see `default_model_config`) for `num_classes` classes."""
-  encoder = _choice(config, 'encoder', ('ma', 'plain'))
+# temporal module name -> factory(model config, backbone, maps the heads read, dtype) -> TemporalModule
+TEMPORAL_MODULES: dict[str, Callable[..., Any]] = {
+    'plain': lambda config, backbone, heads_read, dtype: Plain(),
+    'pcma': _pcma,
+    'tma': _tma,
+}
+
+
+def build(config: Mapping, num_classes: int) -> VideoSegmenter:
+  """The `VideoSegmenter` described by `config` (see `default_model_config`) for `num_classes` classes."""
+  temporal_name = _choice(config, 'temporal', TEMPORAL_MODULES)
   head_name = _choice(config, 'head', HEADS)
   dtype = DTYPES[_choice(config, 'dtype', DTYPES)]
   multi_grid = config.get('multi_grid')
   backbone = ResNet(depth=config['depth'], variant=config['variant'], output_stride=config['output_stride'],
-                    multi_grid=tuple(multi_grid) if multi_grid else None, dtype=dtype)
+                    multi_grid=tuple(multi_grid) if multi_grid else None,
+                    contract_dilation=bool(config.get('contract_dilation', False)),
+                    remat=bool(config.get('remat', False)), dtype=dtype)
   head_options = dict(config.get('head_options') or {})
-  if head_options.get('aspp_rates') is not None:
-    head_options['aspp_rates'] = tuple(head_options['aspp_rates'])
   head = HEADS[head_name](num_classes, dtype, **head_options)
   aux_head = None
   if config.get('aux_head'):
     aux_head = AUX_HEADS[_choice(config, 'aux_head', AUX_HEADS)](num_classes, dtype)
-  pcma = None
-  if encoder == 'ma':
-    options = dict(config['pcma'])
-    options['stages'] = tuple(options['stages'])
-    pcma = PCMAOptions(**options)
-    read = stages_read(head)
-    if not pcma.feed_forward and not read & set(pcma.stages):
-      logging.warning('model.head=%r reads only %s, and PCMA sits on %s without feed_forward: the memory '
-                      'cannot change its logits. Put PCMA on a stage the head reads (e.g. stage4) or set '
-                      'model.pcma.feed_forward=True.', head_name, sorted(read), pcma.stages)
-  return Segmenter(backbone=backbone, head=head, num_classes=num_classes, pcma=pcma, aux_head=aux_head)
+  heads_read = set(stages_read(head)) | (set(stages_read(aux_head)) if aux_head is not None else set())
+  temporal = TEMPORAL_MODULES[temporal_name](config, backbone, heads_read, dtype)
+  return VideoSegmenter(backbone=backbone, temporal=temporal, head=head, num_classes=num_classes,
+                        aux_head=aux_head, align_corners=bool(config.get('align_corners', False)))

@@ -1,104 +1,83 @@
-"""Encoder (plain or MA) + head over video clips, with the PCMA memory as explicit state.
+"""VideoSegmenter: backbone x temporal module x head over video clips, the memory an explicit pytree.
 
-How one clip (B, T, H, W, 3) flows through `Segmenter.__call__`:
+How one clip (B, T, H, W, 3) flows through `VideoSegmenter.__call__`:
 
-  frames (B*T, H, W, 3) -> ResNet, batched over all frames -> stage maps
-  PCMA.encode, batched          -> key (B, T, h, w, Ck), value (B, T, h, w, Cv) per PCMA stage
-  jax.lax.scan over T (`_scan_memory`, pure):  reset flagged samples, attend, push   -> read-outs
-  PCMA.fuse, batched            -> enhanced stage maps (the ones handed to the head)
-  head, batched                 -> logits, bilinearly resized to (H, W)
+  frames (B*T, H, W, 3) -> backbone, batched over all frames, only as deep as the head and the temporal
+                           module read -> maps {'stage1', ...} (B, T, h, w, C)
+  temporal.encode, batched                          -> encodings (B, T, ...)
+  jax.lax.scan over T (pure, no parameters): reset the samples that start a sequence (their memory is
+                           zeroed = emptied), temporal.scan_body -> reads (B, T, ...), enhanced (B, T)
+  temporal.fuse, batched                            -> the maps handed to the head
+  head, batched                                     -> logits, bilinearly resized to (H, W)
 
-With `PCMAOptions.feed_forward` the enhanced maps also feed the next stage, so the later stages depend on
-the memory: then the frames are run one after another (`nn.scan` over the per-frame encoder).
-A plain encoder (`pcma=None`) goes through the same interface with an empty memory.
-`step` is the same computation for one frame (T = 1), for streaming video.
+The memory is the temporal module's state (`init_memory`). `step` is the same computation for one frame
+(T = 1), for streaming video: stepping frame by frame equals the scan. A temporal module with `interleaved`
+(PCMA's feed-forward option) feeds its fused maps to the next backbone stage; then the frames run one after
+another, stage by stage (`_interleaved`).
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ma_resnet.models import memory as memory_lib
+from ma_resnet.models.heads import stages_read
 from ma_resnet.models.ops import resize_bilinear
-from ma_resnet.models.pcma import PCMA, PCMAOptions, attend, memory_size
-from ma_resnet.models.resnet import STAGES, ResNet, stage_channels, stage_sizes
+from ma_resnet.models.temporal.base import reset_state
+
+Memory = Any  # the temporal module's state: a pytree of (B, ...) arrays
 
 
 class SegmenterOutput(NamedTuple):
   """What a segmenter returns for a clip (per frame, frames in order)."""
   logits: jax.Array           # (B, T, H, W, classes), float32, at the input size
-  memory: memory_lib.Memory   # the memory after the last frame
-  enhanced: jax.Array         # (B, T) bool: the frame was enhanced by memory (False in warm-up / plain)
-  stage_features: dict        # stage name -> (B, T, h, w, C): the maps handed to the head
+  memory: Memory              # the memory after the last frame
+  enhanced: jax.Array         # (B, T) bool: the frame's output used a full memory (False in warm-up / plain)
+  stage_features: dict        # map name -> (B, T, h, w, C): the maps handed to the head
   aux_logits: jax.Array | None = None  # (B, T, H, W, classes) of the auxiliary head, when it exists
 
 
-def _scan_memory(memory: memory_lib.Memory, keys: dict, values: dict, reset, options: PCMAOptions):
-  """Threads the memory through the frames. keys/values: stage -> (B, T, h, w, C); reset: (B, T) bool.
-
-  Returns read-outs (stage -> (B, T, h, w, Cv)), enhanced (stage -> (B, T)), the final memory.
-  """
-  def body(memory, frame):
-    keys_t, values_t, reset_t = frame
-    memory = memory_lib.reset(memory, reset_t)
-    readouts, enhanced = {}, {}
-    for stage in memory:
-      readouts[stage], enhanced[stage], memory[stage] = attend(memory[stage], keys_t[stage],
-                                                               values_t[stage], options)
-    return memory, (readouts, enhanced)
-
-  time_major = lambda tree: jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), tree)
-  memory, (readouts, enhanced) = jax.lax.scan(body, dict(memory),
-                                              time_major((keys, values, reset)))
-  return time_major(readouts), time_major(enhanced), memory
-
-
-class Segmenter(nn.Module):
-  """A video segmenter: ResNet encoder, optional PCMA memory on some stages, a segmentation head.
+class VideoSegmenter(nn.Module):
+  """A video segmenter: backbone, temporal module, segmentation head (and an optional auxiliary head).
 
   Attributes:
-    backbone: the `ResNet` (its `dtype` is the compute dtype of the whole model).
-    head: a head module: `head(stage_maps: dict, train) -> logits (N, h, w, classes)`.
+    backbone: maps images (N, H, W, 3) to named maps; `backbone(images, train, stages=...)` runs only as
+      far as the named stages need, `feature_shapes((H, W))` gives each map's (h, w, C). Its `dtype` is the
+      compute dtype of the whole model.
+    temporal: a `temporal.TemporalModule` (`Plain()` for a per-frame model).
+    head: `head(maps: dict, train) -> logits (N, h, w, classes)`.
     num_classes: number of classes.
-    pcma: `PCMAOptions`, or None for the plain per-frame encoder.
     aux_head: optional auxiliary head (training only), same interface as `head`.
+    align_corners: of the bilinear resize of the logits to the input size (mmseg configs set it per model).
   """
-  backbone: ResNet
+  backbone: nn.Module
+  temporal: nn.Module
   head: nn.Module
   num_classes: int
-  pcma: PCMAOptions | None = None
   aux_head: nn.Module | None = None
+  align_corners: bool = False
 
-  # -- memory ---------------------------------------------------------------------------------------
+  def stages_needed(self) -> tuple[str, ...]:
+    """The backbone maps something reads: the head, the auxiliary head, the temporal module."""
+    needed = set(stages_read(self.head)) | set(self.temporal.stages_read())
+    if self.aux_head is not None:
+      needed |= set(stages_read(self.aux_head))
+    return tuple(sorted(needed))
 
-  def init_memory(self, batch_size: int, image_size: tuple[int, int]) -> memory_lib.Memory:
-    """An empty memory for `batch_size` videos of frames `image_size` = (H, W). Plain encoder: {}."""
-    if self.pcma is None:
-      return {}
-    sizes = stage_sizes(image_size, self.backbone.output_stride)
-    channels = stage_channels(self.backbone.depth)
-    memory = {}
-    for stage in self.pcma.stages:
-      key_channels, value_channels = self.pcma.channels(channels[stage])
-      memory[stage] = memory_lib.empty_stage_memory(batch_size, self.pcma.memory_length,
-                                                    memory_size(sizes[stage]), key_channels,
-                                                    value_channels, self.backbone.dtype)
-    return memory
-
-  # -- clips ----------------------------------------------------------------------------------------
+  def init_memory(self, batch_size: int, frame_size: tuple[int, int]) -> Memory:
+    """An empty memory for `batch_size` videos of frames `frame_size` = (H, W). Plain: {}."""
+    return self.temporal.init_state(batch_size, self.backbone.feature_shapes(frame_size), self.backbone.dtype)
 
   @nn.compact
-  def __call__(self, clip, memory: memory_lib.Memory | None = None, reset=None, *,
-               train: bool = False) -> SegmenterOutput:
+  def __call__(self, clip, memory: Memory | None = None, reset=None, *, train: bool = False) -> SegmenterOutput:
     """Segments a clip.
 
     Args:
       clip: (B, T, H, W, 3) float, normalised frames in time order.
       memory: the memory before the first frame (`init_memory`); None means empty.
-      reset: optional (B, T) bool: clear a sample's memory before that frame (a new sequence starts).
+      reset: optional (B, T) bool: empty a sample's memory before that frame (a new sequence starts).
       train: batch norm on batch statistics (updates `batch_stats`) and dropout on (needs a 'dropout' rng).
     Returns:
       `SegmenterOutput`, logits first.
@@ -109,57 +88,66 @@ class Segmenter(nn.Module):
     if reset is None:
       reset = jnp.zeros((b, t), bool)
     unfold = lambda a: a.reshape((b, t) + a.shape[1:])
-    enhanced = jnp.zeros((b, t), bool)
-
-    channels = stage_channels(self.backbone.depth)
-    modules = {s: PCMA(channels[s], self.pcma, dtype=self.backbone.dtype, name=f'pcma_{s}')
-               for s in (self.pcma.stages if self.pcma is not None else ())}
-    if self.pcma is not None and self.pcma.feed_forward:
-      features, enhanced, memory = self._feed_forward(clip, memory, reset, modules, train)
+    fold = lambda a: a.reshape((b * t,) + a.shape[2:])
+    temporal = self.temporal
+    if temporal.has_state and temporal.interleaved:
+      maps, enhanced, memory = self._interleaved(clip, memory, reset, train)
     else:
-      frames = clip.reshape((b * t, h, w, clip.shape[-1]))
-      features = {name: unfold(x) for name, x in self.backbone(frames, train).items() if name in STAGES}
-      if modules:
-        keys, values = {}, {}
-        for s, module in modules.items():
-          key, value = module.encode(features[s].reshape((b * t,) + features[s].shape[2:]), train)
-          keys[s], values[s] = unfold(key), unfold(value)
-        readouts, enhanced_by_stage, memory = _scan_memory(memory, keys, values, reset, self.pcma)
-        for s, module in modules.items():
-          features[s] = module.fuse(features[s], readouts[s], enhanced_by_stage[s], train)
-        enhanced = enhanced_by_stage[self.pcma.stages[0]]
+      maps = self.backbone(clip.reshape((b * t, h, w, clip.shape[-1])), train, stages=self.stages_needed())
+      maps = {name: unfold(x) for name, x in maps.items()}
+      enhanced = jnp.zeros((b, t), bool)
+      if temporal.has_state:
+        encodings = temporal.encode(maps, train)
+        reads, enhanced, memory = self._scan(memory, encodings, reset)
+        maps = temporal.fuse(maps, reads, enhanced, train)
 
-    fold = lambda d: {k: v.reshape((b * t,) + v.shape[2:]) for k, v in d.items()}
-    to_input_size = lambda logits: unfold(resize_bilinear(logits, (h, w)).astype(jnp.float32))
-    logits = to_input_size(self.head(fold(features), train))
+    to_input_size = lambda logits: unfold(
+        resize_bilinear(logits, (h, w), align_corners=self.align_corners).astype(jnp.float32))
+    head_maps = {name: fold(x) for name, x in maps.items()}
+    logits = to_input_size(self.head(head_maps, train))
     aux_logits = None
     if self.aux_head is not None and (train or self.is_initializing()):
-      aux_logits = to_input_size(self.aux_head(fold(features), train))
-    return SegmenterOutput(logits, memory, enhanced, features, aux_logits)
+      aux_logits = to_input_size(self.aux_head(head_maps, train))
+    return SegmenterOutput(logits, memory, enhanced, maps, aux_logits)
 
-  def _feed_forward(self, clip, memory, reset, modules, train):
-    """`feed_forward` mode: each frame's enhanced maps feed its next stage, so every stage after the
-    first PCMA stage depends on the memory and frames run one after another (unrolled over T)."""
-    memory, per_frame, enhanced = dict(memory), [], []
+  def _scan(self, memory, encodings, reset):
+    """Threads the memory through the frames: encodings (B, T, ...) -> reads (B, T, ...), enhanced (B, T)."""
+    def body(memory, frame):
+      encodings_t, reset_t = frame
+      memory = reset_state(memory, reset_t)
+      memory, reads_t, enhanced_t = self.temporal.scan_body(memory, encodings_t)
+      return memory, (reads_t, enhanced_t)
+
+    time_major = lambda tree: jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), tree)
+    memory, (reads, enhanced) = jax.lax.scan(body, memory, time_major((encodings, reset)))
+    return time_major(reads), time_major(enhanced), memory
+
+  def _interleaved(self, clip, memory, reset, train):
+    """Interleaved modules: each frame's fused maps feed its next backbone stage, so every stage after the
+    first temporal one depends on the memory and the frames run one after another (unrolled over T)."""
+    per_frame, enhanced = [], []
+    needed = self.stages_needed()
     for i in range(clip.shape[1]):
-      memory = memory_lib.reset(memory, reset[:, i])
+      memory = reset_state(memory, reset[:, i])
       x = self.backbone.run_stem(clip[:, i], train)
-      frame_features, frame_enhanced = {}, jnp.zeros(clip.shape[:1], bool)
-      for index, stage in enumerate(STAGES):
+      frame_maps, frame_enhanced = {}, jnp.zeros(clip.shape[:1], bool)
+      for index, stage in enumerate(self.backbone.stage_names(needed)):
         x = self.backbone.run_stage(index, x, train)
-        if stage in modules:
-          key, value = modules[stage].encode(x, train)
-          readout, frame_enhanced, memory[stage] = attend(memory[stage], key, value, self.pcma)
-          x = modules[stage].fuse(x[:, None], readout[:, None], frame_enhanced[:, None], train)[:, 0]
-        frame_features[stage] = x
-      per_frame.append(frame_features)
+        maps = {stage: x[:, None]}
+        encodings = self.temporal.encode(maps, train)
+        if encodings:
+          squeeze = lambda tree: jax.tree.map(lambda a: a[:, 0], tree)
+          memory, reads, frame_enhanced = self.temporal.scan_body(memory, squeeze(encodings))
+          expand = lambda tree: jax.tree.map(lambda a: a[:, None], tree)
+          maps = self.temporal.fuse(maps, expand(reads), frame_enhanced[:, None], train)
+          x = maps[stage][:, 0]
+        frame_maps[stage] = x
+      per_frame.append(frame_maps)
       enhanced.append(frame_enhanced)
-    features = {s: jnp.stack([f[s] for f in per_frame], axis=1) for s in STAGES}
-    return features, jnp.stack(enhanced, axis=1), memory
+    maps = {s: jnp.stack([f[s] for f in per_frame], axis=1) for s in per_frame[0]}
+    return maps, jnp.stack(enhanced, axis=1), memory
 
-  # -- streaming ------------------------------------------------------------------------------------
-
-  def step(self, frame, memory: memory_lib.Memory, reset=None, *, train: bool = False) -> SegmenterOutput:
+  def step(self, frame, memory: Memory, reset=None, *, train: bool = False) -> SegmenterOutput:
     """One frame (B, H, W, 3) -> `SegmenterOutput` for that frame (no time axis) and the new memory.
 
     Equal to `__call__` on the clip of consecutive frames, one frame at a time.
@@ -167,5 +155,4 @@ class Segmenter(nn.Module):
     out = self(frame[:, None], memory, None if reset is None else reset[:, None], train=train)
     squeeze = lambda a: None if a is None else a[:, 0]
     return SegmenterOutput(squeeze(out.logits), out.memory, squeeze(out.enhanced),
-                           {k: squeeze(v) for k, v in out.stage_features.items()},
-                           squeeze(out.aux_logits))
+                           {k: squeeze(v) for k, v in out.stage_features.items()}, squeeze(out.aux_logits))

@@ -8,6 +8,9 @@
 | SFNet | sfnet.py | PaddleSeg SFNetHead (the MA-ResNet50 authors' file) | stage1..4 |
 | DNLNet | dnlnet.py | mmseg DNLHead | stage4 |
 | FCN | fcn.py | mmseg FCNHead (also the auxiliary head on stage3) | stage4 / stage3 |
+| classifier | fcn.py | mmseg `cls_seg` alone (TMANet's head after its attention bottleneck) | stage4 |
+
+`stages_read(head)` names the maps a head reads (the segmenter runs the backbone only as far as they need).
 
 `head_factory` makes the `build.HEADS` factories: `factory(num_classes, dtype, **options)`, where options
 are the head's own fields and anything else is refused.
@@ -19,11 +22,20 @@ from typing import Any, Callable
 
 from ma_resnet.models.heads.deeplabv3plus import DeepLabV3PlusHead
 from ma_resnet.models.heads.dnlnet import DisentangledNonLocal, DNLHead
-from ma_resnet.models.heads.fcn import Classifier, FCNHead, auxiliary_fcn_head
+from ma_resnet.models.heads.fcn import Classifier, ClassifierHead, FCNHead, auxiliary_fcn_head
 from ma_resnet.models.heads.pspnet import PSPHead, PyramidPooling, adaptive_avg_pool, adaptive_pool_matrix
 from ma_resnet.models.heads.sfnet import FlowAlignment, SFNetHead, flow_warp, grid_sample_bilinear
 
 _NOT_OPTIONS = ('num_classes', 'dtype', 'parent', 'name')
+ALL_STAGES = ('stage1', 'stage2', 'stage3', 'stage4')
+
+
+def stages_read(head) -> tuple[str, ...]:
+  """The maps a head reads: its `stages` / `in_stage` / `low_level` / `high_level` fields, else all stages."""
+  if hasattr(head, 'stages'):
+    return tuple(head.stages)
+  fields = [getattr(head, name) for name in ('in_stage', 'low_level', 'high_level') if hasattr(head, name)]
+  return tuple(fields) if fields else ALL_STAGES
 
 
 def head_options(head_class) -> tuple[str, ...]:
@@ -56,6 +68,7 @@ def head_factory(name: str, head_class, **fixed) -> Callable[..., Any]:
   return factory
 
 
-__all__ = ['DeepLabV3PlusHead', 'PSPHead', 'SFNetHead', 'DNLHead', 'FCNHead', 'auxiliary_fcn_head',
+__all__ = ['DeepLabV3PlusHead', 'PSPHead', 'SFNetHead', 'DNLHead', 'FCNHead', 'ClassifierHead',
+           'auxiliary_fcn_head', 'stages_read',
            'Classifier', 'PyramidPooling', 'FlowAlignment', 'DisentangledNonLocal', 'adaptive_avg_pool',
            'adaptive_pool_matrix', 'grid_sample_bilinear', 'flow_warp', 'head_factory', 'head_options']

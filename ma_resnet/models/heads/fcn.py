@@ -17,6 +17,8 @@ num_convs 2, concat_input True, dropout 0.1); the auxiliary head of every mmseg 
 (128 / 64) configs.
 
 Parameter tree: `conv{i}/{conv,bn}`, `conv_cat/{conv,bn}`, `classifier/conv`.
+
+`ClassifierHead` is the classifier alone on one map (for temporal modules that end in their own bottleneck).
 """
 from __future__ import annotations
 
@@ -84,6 +86,23 @@ class FCNHead(nn.Module):
     if self.concat_input:
       y = ConvBN(channels, self.kernel, dtype=self.dtype, name='conv_cat')(jnp.concatenate([x, y], axis=-1), train)
     return Classifier(self.num_classes, self.dropout, dtype=self.dtype, name='classifier')(y, train)
+
+
+class ClassifierHead(nn.Module):
+  """Only mmseg's `cls_seg` on `features[in_stage]`: Dropout2d, then a 1x1 conv with bias to the classes.
+
+  The head of a model whose temporal module ends in its own bottleneck (TMANet: `temporal.TMA` replaces
+  stage 4 with the attention bottleneck's output). Parameter tree: `classifier/conv`.
+  """
+  num_classes: int
+  dropout: float = 0.1
+  in_stage: str = 'stage4'
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, features: dict, train: bool = False):
+    return Classifier(self.num_classes, self.dropout, dtype=self.dtype, name='classifier')(
+        features[self.in_stage], train)
 
 
 def auxiliary_fcn_head(num_classes: int, dtype: Any = jnp.float32) -> FCNHead:

@@ -10,10 +10,16 @@ Depths 18/34 (basic blocks) and 50/101/152 (bottleneck blocks), in three variant
 
 Output stride 32, 16 or 8 by dilation (padding = dilation): a stage that stops striding dilates all its
 blocks by the accumulated factor (PaddleSeg / mmseg convention), and `multi_grid` multiplies the dilation of
-each block of the last stage (DeepLab's multi-grid, e.g. (1, 2, 4)).
+each block of the last stage (DeepLab's multi-grid, e.g. (1, 2, 4)). With `contract_dilation` (mmseg's
+ResNetV1c option, used by TMANet and the STF PSPNet) the first block of a dilated stage uses half the stage's
+dilation: at output stride 8, stage 3 runs 1, 2, 2, ... and stage 4 2, 4, 4 (the same as torchvision's
+`replace_stride_with_dilation=[False, True, True]`); it does not apply to a stage with a multi-grid.
 
 `ResNet(...)(images, train)` returns a dict of the four stage outputs `stage1`..`stage4` (strides 4, 8,
-16, 32 at output stride 32) and, when `num_classes` is set, the classifier `logits`.
+16, 32 at output stride 32) and, when `num_classes` is set, the classifier `logits`. With
+`stages=('stage1',)` it runs (and creates parameters for) only the stages up to the deepest one named, so a
+head that reads stage 1 never pays for stages 2-4. `remat` rematerialises each stage in the backward pass
+(activation memory of one stage at a time, for about one more forward pass of compute).
 
 Parameter tree: `stem/conv{1,2,3}/{conv,bn}`, `stage{s}/block{b}/conv{1,2,3}/{conv,bn}`,
 `stage{s}/block{b}/downsample/{conv,bn}`, `fc`.
@@ -147,14 +153,18 @@ class ResNet(nn.Module):
     variant: 'torchvision', 'vd' or 'v1c'.
     output_stride: 32, 16 or 8.
     multi_grid: dilation multipliers of the last stage's blocks (one per block), or None for all 1.
+    contract_dilation: the first block of a dilated stage (without multi-grid) uses half its dilation.
     num_classes: if set, adds the global-pool + dense classifier and returns its `logits`.
+    remat: rematerialise each stage in the backward pass (`nn.remat`; same parameters).
     dtype: compute dtype (parameters stay float32).
   """
   depth: int = 50
   variant: str = 'torchvision'
   output_stride: int = 32
   multi_grid: Sequence[int] | None = None
+  contract_dilation: bool = False
   num_classes: int | None = None
+  remat: bool = False
   dtype: Any = jnp.float32
 
   def setup(self):
@@ -165,25 +175,50 @@ class ResNet(nn.Module):
     if self.output_stride not in STAGE_GEOMETRY:
       raise ValueError(f'output_stride must be one of {sorted(STAGE_GEOMETRY)}, got {self.output_stride}')
     kind, blocks = DEPTHS[self.depth]
-    grid = tuple(self.multi_grid) if self.multi_grid else (1,) * blocks[3]
-    if len(grid) != blocks[3]:
+    if self.multi_grid and len(self.multi_grid) != blocks[3]:
       raise ValueError(f'multi_grid needs {blocks[3]} rates (one per block of the last stage of '
-                       f'ResNet{self.depth}), got {grid}')
-    strides, dilations = STAGE_GEOMETRY[self.output_stride]
+                       f'ResNet{self.depth}), got {tuple(self.multi_grid)}')
+    stage_class = nn.remat(Stage, static_argnums=(2,)) if self.remat else Stage  # (self, x, train)
     self.stem = Stem(deep=self.variant != 'torchvision', dtype=self.dtype)
     self.stages = [
-        Stage(kind, WIDTHS[i], blocks[i], strides[i],
-              [dilations[i] * (grid[b] if i == 3 else 1) for b in range(blocks[i])],
-              avg_down=self.variant == 'vd', dtype=self.dtype, name=STAGES[i])
+        stage_class(kind, WIDTHS[i], blocks[i], STAGE_GEOMETRY[self.output_stride][0][i], self.dilations(i),
+                    avg_down=self.variant == 'vd', dtype=self.dtype, name=STAGES[i])
         for i in range(4)
     ]
     self.fc = nn.Dense(self.num_classes, dtype=self.dtype, name='fc') if self.num_classes else None
 
-  def __call__(self, images, train: bool = False) -> dict[str, jnp.ndarray]:
-    """images (N, H, W, 3) -> {'stage1'..'stage4': (N, h_s, w_s, C_s)} (+ 'logits' (N, classes))."""
+  def dilations(self, index: int) -> list[int]:
+    """The dilation of each block of stage `index` (0..3)."""
+    _, blocks = DEPTHS[self.depth]
+    dilation = STAGE_GEOMETRY[self.output_stride][1][index]
+    if index == 3 and self.multi_grid:
+      return [dilation * g for g in self.multi_grid]
+    first = dilation // 2 if self.contract_dilation and dilation > 1 else dilation
+    return [first] + [dilation] * (blocks[index] - 1)
+
+  def stage_names(self, stages: Sequence[str] | None = None) -> tuple[str, ...]:
+    """The stages that run to produce `stages` (all four when None or with the classifier)."""
+    if stages is None or self.num_classes:
+      return STAGES
+    unknown = sorted(set(stages) - set(STAGES))
+    if unknown:
+      raise ValueError(f'ResNet has no map(s) {unknown}; its maps are {list(STAGES)}')
+    return STAGES[:max((STAGES.index(s) for s in stages), default=-1) + 1]
+
+  def feature_shapes(self, image_size: tuple[int, int]) -> dict[str, tuple[int, int, int]]:
+    """(h, w, channels) of each stage map for frames of `image_size` = (H, W)."""
+    channels = stage_channels(self.depth)
+    return {name: size + (channels[name],)
+            for name, size in stage_sizes(image_size, self.output_stride).items()}
+
+  def __call__(self, images, train: bool = False, stages: Sequence[str] | None = None) -> dict[str, jnp.ndarray]:
+    """images (N, H, W, 3) -> {'stage1'..'stage4': (N, h_s, w_s, C_s)} (+ 'logits' (N, classes)).
+
+    stages: run only as far as these stages need (None: all); every stage that ran is returned.
+    """
     x = self.stem(images, train)
     features = {}
-    for name, stage in zip(STAGES, self.stages):
+    for name, stage in zip(self.stage_names(stages), self.stages):
       x = stage(x, train)
       features[name] = x
     if self.fc is not None:

@@ -1,32 +1,37 @@
-"""Partial Channel Memory Attention (PCMA), paper §3.2, with the authors' code as the reference preset.
+"""Partial Channel Memory Attention (PCMA): MA-ResNet50, paper 001 §3.2, with the authors' code as reference.
 
-PCMA on a stage output x (N, H, W, C) with ratio r and memory length T splits into three parts, so that
-everything with parameters runs batched over all frames and only a small pure function sits in the scan:
+Reference: `../shared/reference/paddle_ma_resnet/` (the authors' PaddlePaddle code; `PCMAOptions.reference()`).
 
-1. `PCMA.encode` (parameters, batched over frames): `selected` = the last r*C channels of x;
-   key = ReLU(BN(conv3x3(selected))) with r*C/2 channels, value = ReLU(selected), both resized to
-   (floor(H/2), floor(W/2)) by nearest neighbour (framework rule: rows 0, 2, 4, ...).
-2. `attend` (pure, no parameters, one frame, inside `jax.lax.scan`): attention of the current key over the
-   keys of the stored frames -> read-out (N, h, w, r*C); the memory is updated first in, first out.
-3. `PCMA.fuse` (parameters, batched over frames): read-out resized back to exactly (H, W) (bilinear,
-   half-pixel centres), ReLU(BN(.)), mean-scaled fusion with `selected` (paper eq. 3), optional judge
-   (eq. 4-5), concatenated after the (1-r)*C untouched channels.
+State: per PCMA stage, the keys and values of the T previous frames (`StageMemory`, slots oldest first) and
+which slots hold a frame. PCMA on a stage output x (B, T, H, W, C) with ratio r splits into the three parts of
+the temporal interface, so that everything with parameters runs batched over all frames:
+
+1. `encode` (parameters, batched): `selected` = the last r*C channels of x; key = ReLU(BN(conv3x3(selected)))
+   with r*C/2 channels, value = ReLU(selected), both resized to (floor(H/2), floor(W/2)) by nearest
+   neighbour (framework rule: rows 0, 2, 4, ...).
+2. `scan_body` -> `attend` (pure, one frame): attention of the current key over the keys of the stored frames
+   -> read-out (B, h, w, r*C); the memory is updated first in, first out.
+3. `fuse` (parameters, batched): read-out resized back to exactly (H, W) (bilinear, half-pixel centres),
+   ReLU(BN(.)), mean-scaled fusion with `selected` (paper eq. 3), optional judge (eq. 4-5), concatenated after
+   the (1-r)*C untouched channels. The enhanced map replaces the stage map handed to the head.
 
 Where paper and code differ, `PCMAOptions` offers both (see its fields); `PCMAOptions.reference()` is
 the code's behaviour, number for number.
 """
+
 from __future__ import annotations
 
 import dataclasses
 from typing import Any
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ma_resnet.models import memory as memory_lib
 from ma_resnet.models.layers import BN_EPSILON, BN_MOMENTUM, ConvBN
 from ma_resnet.models.ops import resize_bilinear, resize_nearest
+from ma_resnet.models.temporal.base import FeatureShapes, TemporalModule, push
 
 _MASKED = -1e30  # attention logit of an empty memory slot
 
@@ -96,6 +101,35 @@ class PCMAOptions:
     return value_channels // 2, value_channels
 
 
+@flax.struct.dataclass
+class StageMemory:
+  """The memory of one PCMA stage (T = memory length, slots oldest first: slot T-1 is the newest).
+
+  keys (B, T, h, w, Ck) with Ck = r*C/2; values (B, T, h, w, Cv) with Cv = r*C; valid (B, T) bool.
+  """
+  keys: jax.Array
+  values: jax.Array
+  valid: jax.Array
+
+  @property
+  def length(self) -> int:
+    return self.valid.shape[1]
+
+
+def empty_stage_memory(batch_size: int, length: int, size: tuple[int, int], key_channels: int,
+                       value_channels: int, dtype=jnp.float32) -> StageMemory:
+  h, w = size
+  return StageMemory(keys=jnp.zeros((batch_size, length, h, w, key_channels), dtype),
+                     values=jnp.zeros((batch_size, length, h, w, value_channels), dtype),
+                     valid=jnp.zeros((batch_size, length), bool))
+
+
+def push_stage_memory(memory: StageMemory, key: jax.Array, value: jax.Array) -> StageMemory:
+  """Stores this frame's `key` (B, h, w, Ck) and `value` (B, h, w, Cv) as the newest slot (FIFO)."""
+  return StageMemory(keys=push(memory.keys, key), values=push(memory.values, value),
+                     valid=push(memory.valid, jnp.ones(key.shape[:1], bool)))
+
+
 def memory_size(stage_size: tuple[int, int]) -> tuple[int, int]:
   """Spatial size of stored keys/values for a stage map of `stage_size`: (floor(H/2), floor(W/2))."""
   h, w = stage_size
@@ -108,7 +142,7 @@ def memory_size(stage_size: tuple[int, int]) -> tuple[int, int]:
 # The scan body: one frame, no parameters.
 
 
-def attend(memory: memory_lib.StageMemory, key: jax.Array, value: jax.Array, options: PCMAOptions):
+def attend(memory: StageMemory, key: jax.Array, value: jax.Array, options: PCMAOptions):
   """Reads the memory with this frame's key and stores this frame.
 
   Args:
@@ -144,7 +178,7 @@ def attend(memory: memory_lib.StageMemory, key: jax.Array, value: jax.Array, opt
     stored_value = jnp.where(enhanced[:, None, None, None], readout, value)
   if options.detach_memory:
     key, stored_value = jax.lax.stop_gradient(key), jax.lax.stop_gradient(stored_value)
-  return readout, enhanced, memory_lib.push(memory, key, stored_value)
+  return readout, enhanced, push_stage_memory(memory, key, stored_value)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -195,7 +229,7 @@ def _mean(x, weight, per_sample: bool):
   return total / jnp.maximum(jnp.sum(w, axis=0, keepdims=True), 1.0)
 
 
-class PCMA(nn.Module):
+class PCMAStage(nn.Module):
   """The parameterised parts of PCMA for one stage of `channels` channels. See the module docstring.
 
   Parameter tree: `key_encoder/{conv,bn}` (3x3, no bias), `readout_bn`.
@@ -243,3 +277,59 @@ class PCMA(nn.Module):
       fused = jnp.where((a > 0.1) & (a < 0.9), fused, selected)
     fused = jnp.where(enhanced[:, :, None, None, None], fused, selected)
     return jnp.concatenate([x[..., :c - self.value_channels], fused], axis=-1)
+
+
+class PCMA(TemporalModule):
+  """PCMA on `options.stages` of a backbone whose maps have `channels` channels (one per stage, same order).
+
+  State: stage name -> `StageMemory`. Parameter tree: `pcma_<stage>/{key_encoder/{conv,bn},readout_bn}`.
+  """
+  options: PCMAOptions
+  channels: tuple[int, ...]
+  dtype: Any = jnp.float32
+
+  @property
+  def interleaved(self) -> bool:  # enhanced maps also feed the next stage
+    return self.options.feed_forward
+
+  def setup(self):
+    if len(self.channels) != len(self.options.stages):
+      raise ValueError(f'PCMA: {len(self.options.stages)} stages {self.options.stages} but '
+                       f'{len(self.channels)} channel counts {self.channels}')
+    self.pcma = {s: PCMAStage(c, self.options, dtype=self.dtype)
+                 for s, c in zip(self.options.stages, self.channels)}
+
+  def stages_read(self) -> tuple[str, ...]:
+    return self.options.stages
+
+  def init_state(self, batch_size: int, feature_shapes: FeatureShapes, dtype: Any = jnp.float32) -> dict:
+    memory = {}
+    for stage in self.options.stages:
+      h, w, c = feature_shapes[stage]
+      key_channels, value_channels = self.options.channels(c)
+      memory[stage] = empty_stage_memory(batch_size, self.options.memory_length, memory_size((h, w)),
+                                         key_channels, value_channels, dtype)
+    return memory
+
+  def encode(self, maps: dict, train: bool) -> dict:
+    """stage -> (key (B, T, h', w', Ck), value (B, T, h', w', Cv)) for the PCMA stages present in `maps`."""
+    encodings = {}
+    for stage in self.options.stages:
+      if stage in maps:
+        x = maps[stage]
+        key, value = self.pcma[stage].encode(x.reshape((-1,) + x.shape[2:]), train)
+        unfold = lambda a: a.reshape(x.shape[:2] + a.shape[1:])
+        encodings[stage] = (unfold(key), unfold(value))
+    return encodings
+
+  def scan_body(self, state: dict, encodings_t: dict):
+    state, readouts, enhanced = dict(state), {}, None
+    for stage, (key, value) in encodings_t.items():
+      readouts[stage], enhanced, state[stage] = attend(state[stage], key, value, self.options)
+    return state, readouts, enhanced
+
+  def fuse(self, maps: dict, reads: dict, enhanced: jax.Array, train: bool) -> dict:
+    maps = dict(maps)
+    for stage, readout in reads.items():
+      maps[stage] = self.pcma[stage].fuse(maps[stage], readout, enhanced, train)
+    return maps

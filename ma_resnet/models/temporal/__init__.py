@@ -1,0 +1,17 @@
+"""Temporal modules: what a video segmenter carries from frame to frame, and where it uses it.
+
+| module | paper | state (the memory) | where it acts | reference |
+| --- | --- | --- | --- | --- |
+| `Plain` | — | nothing | — | — |
+| `PCMA` (pcma.py) | 001 MA-ResNet50 §3.2 | per stage: keys/values of the T previous frames (FIFO) + validity | on backbone stage maps, before the head | `../shared/reference/paddle_ma_resnet/` |
+| `TMA` (tma.py) | 002 TMANet §3 | stage-4 maps of the T previous frames (FIFO) + frames seen | replaces stage 4 by its attention bottleneck | `../shared/reference/tmanet/` |
+
+The interface every module implements is in `base.py`.
+"""
+from ma_resnet.models.temporal.base import TemporalModule, push, reset_state
+from ma_resnet.models.temporal.pcma import PCMA, PCMAOptions, StageMemory, attend
+from ma_resnet.models.temporal.plain import Plain
+from ma_resnet.models.temporal.tma import TMA, FeatureWindow, TMAOptions
+
+__all__ = ['TemporalModule', 'push', 'reset_state', 'PCMA', 'PCMAOptions', 'StageMemory', 'attend', 'Plain',
+           'TMA', 'FeatureWindow', 'TMAOptions']

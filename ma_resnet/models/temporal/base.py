@@ -1,0 +1,74 @@
+"""The temporal-module interface: what is carried from frame to frame, and where it is used.
+
+A temporal module sits between the backbone and the head of a `VideoSegmenter`. It owns
+
+  options           a frozen dataclass (its paper's choices and the authors' code's, as fields)
+  init_state        (batch_size, feature_shapes, dtype) -> state: a pytree of arrays whose leading axis is the
+                    batch (validity masks and counters included). The empty state is all zeros, so the
+                    segmenter resets the samples that start a new sequence by zeroing their entries.
+  stages_read       the backbone maps it reads (the segmenter runs the backbone only as far as needed)
+  encode            (maps, train) -> encodings: parameterised, batched over all B x T frames of a clip.
+                    maps: name -> (B, T, h, w, C); encodings: any pytree of (B, T, ...) arrays.
+  scan_body         (state, encodings_t) -> (state, reads_t, enhanced_t): ONE frame, no parameters; the
+                    segmenter threads it through `jax.lax.scan` over a clip and calls it once in `step`.
+                    encodings_t / reads_t: the same trees with the time axis removed, (B, ...);
+                    enhanced_t (B,) bool: the frame's output used a full memory (False during warm-up).
+  fuse              (maps, reads, enhanced, train) -> maps: parameterised, batched over all B x T frames;
+                    the maps handed to the head (a module may replace maps or add new ones).
+
+With `interleaved = True` (PCMA's feed-forward option) the fused maps of a stage also feed the backbone's next
+stage; the segmenter then runs the backbone stage by stage, one frame after another, calling the three parts
+with the maps of one stage (T = 1). Modules must therefore accept maps holding only some of their stages.
+
+Adding a module: subclass `TemporalModule` in a file of this package (its paper section in the docstring),
+add its options to `ma_resnet.models.build.default_model_config()` and its constructor to `TEMPORAL_MODULES`.
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+FeatureShapes = dict  # map name -> (h, w, channels) for a given frame size
+
+
+class TemporalModule(nn.Module):
+  """Base class. Its defaults are those of a module without state (`Plain`); a module with state overrides
+  every method. A stateless module (`has_state = False`) is skipped by the segmenter: no scan, nothing enhanced.
+  """
+
+  interleaved: ClassVar[bool] = False
+  has_state: ClassVar[bool] = True
+
+  def stages_read(self) -> tuple[str, ...]:
+    return ()
+
+  def init_state(self, batch_size: int, feature_shapes: FeatureShapes, dtype: Any = jnp.float32) -> Any:
+    del batch_size, feature_shapes, dtype
+    return {}
+
+  def encode(self, maps: dict, train: bool) -> Any:
+    del maps, train
+    return {}
+
+  def scan_body(self, state: Any, encodings_t: Any):
+    raise NotImplementedError(f'{type(self).__name__} carries state and must define scan_body')
+
+  def fuse(self, maps: dict, reads: Any, enhanced: jax.Array, train: bool) -> dict:
+    del reads, enhanced, train
+    return maps
+
+
+def reset_state(state: Any, flags: jax.Array) -> Any:
+  """Zeroes (= empties) every leaf of `state` for the samples where `flags` (B,) is True."""
+  def clear(leaf):
+    keep = (~flags).reshape(flags.shape + (1,) * (leaf.ndim - 1))
+    return jnp.where(keep, leaf, jnp.zeros((), leaf.dtype))
+  return jax.tree.map(clear, state)
+
+
+def push(window: jax.Array, item: jax.Array) -> jax.Array:
+  """First in, first out: `window` (B, T, ...) with slot 0 dropped and `item` (B, ...) appended as slot T-1."""
+  return jnp.concatenate([window[:, 1:], item[:, None].astype(window.dtype)], axis=1)
