@@ -11,8 +11,9 @@ machine. Prints the median per-frame time, frames per second and the MA / plain 
     python benchmarks/heads.py --pcma-stages stage1 stage2 stage3 stage4
 
 Weights are random (He-normal, numpy, from `jax.eval_shape(model.init)`, which avoids compiling the
-initialisers): the time does not depend on them. The MA encoder uses `default_model_config().pcma` unless
-overridden. This prints figures; it is not a test.
+initialisers): the time does not depend on them. The MA model uses `default_model_config().pcma` with PCMA on
+the stages each head reads (`--pcma-stages` overrides; the builder drops a stage the head does not read).
+This prints figures; it is not a test.
 """
 from __future__ import annotations
 
@@ -96,7 +97,8 @@ def main(argv=None):
   parser.add_argument('--warmup', type=int, default=2, help='untimed frames first (the first one compiles)')
   parser.add_argument('--frames', type=int, default=5, help='timed frames per model')
   parser.add_argument('--memory-length', type=int, default=None, help='PCMA memory length T (config default)')
-  parser.add_argument('--pcma-stages', nargs='+', default=None, help='PCMA stages (config default: stage1-3)')
+  parser.add_argument('--pcma-stages', nargs='+', default=None,
+                      help='PCMA stages (default: every stage the head reads)')
   args = parser.parse_args(argv)
 
   base = default_model_config()
@@ -105,13 +107,13 @@ def main(argv=None):
     base.multi_grid = None
   if args.memory_length is not None:
     base.pcma.memory_length = args.memory_length
-  if args.pcma_stages is not None:
-    base.pcma.stages = tuple(args.pcma_stages)
+  base.pcma.stages = tuple(args.pcma_stages or ('stage1', 'stage2', 'stage3', 'stage4'))
 
   print(f'jax {jax.__version__}, device {jax.devices()[0].device_kind} ({jax.default_backend()}), '
         f'{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, {platform.processor() or platform.machine()}')
   print(f'ResNet{args.depth}-vd, output stride {args.output_stride}, batch 1, {args.size[0]}x{args.size[1]}, '
-        f'{args.classes} classes; MA: PCMA stages {tuple(base.pcma.stages)}, T={base.pcma.memory_length}, '
+        f'{args.classes} classes; MA: PCMA stages {tuple(base.pcma.stages)} that the head reads, '
+        f'T={base.pcma.memory_length}, '
         f'r={base.pcma.ratio}; model.step under jax.jit, memory carried; {args.warmup} warm-up + '
         f'{args.frames} timed frames per model, interleaved')
   rows = []
@@ -119,7 +121,7 @@ def main(argv=None):
     configs = {}
     for encoder in ('plain', 'ma'):
       config = ml_collections.ConfigDict(base.to_dict())
-      config.encoder, config.head = encoder, head
+      config.temporal, config.head = 'pcma' if encoder == 'ma' else 'plain', head
       if head != 'deeplabv3plus':
         config.head_options = ml_collections.ConfigDict({})
       configs[encoder] = config

@@ -23,7 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ma_resnet.models import PCMAOptions, ResNet, Segmenter, build, default_model_config
+from ma_resnet.models import PCMA, PCMAOptions, Plain, ResNet, VideoSegmenter, build, default_model_config
+from ma_resnet.models.backbones.resnet import stage_channels
 
 PAPER_TABLE4 = {  # (r, T) -> MA-ResNet50 FLOPs as % of ResNet50
     (0.125, 1): 102.59, (0.125, 2): 104.43, (0.125, 3): 106.01,
@@ -32,9 +33,9 @@ PAPER_TABLE4 = {  # (r, T) -> MA-ResNet50 FLOPs as % of ResNet50
 }
 
 
-def reference_config(encoder: str):
+def reference_config(temporal: str):
   config = default_model_config()
-  config.encoder = encoder
+  config.temporal = temporal
   return config
 
 
@@ -48,7 +49,7 @@ def overhead(frames: int, rounds: int, size=(352, 480)):
   print(f'# per-frame time, batch 1, {size[0]}x{size[1]}, ResNet50-vd OS8 + DeepLabV3+, jitted step')
   runners = {}
   for encoder in ('plain', 'ma'):
-    model = build(reference_config(encoder), num_classes=11)
+    model = build(reference_config('pcma' if encoder == 'ma' else 'plain'), num_classes=11)
     variables, step = streaming_step(model, size)
     frame = jax.random.normal(jax.random.key(1), (1,) + size + (3,))
     memory = model.init_memory(1, size)
@@ -74,7 +75,7 @@ def overhead(frames: int, rounds: int, size=(352, 480)):
 
 def compile_time(size=(96, 128)):
   print(f'# compile time of the scanned clip apply, MA-ResNet50-vd + DeepLabV3+, {size[0]}x{size[1]}')
-  model = build(reference_config('ma'), num_classes=11)
+  model = build(reference_config('pcma'), num_classes=11)
   variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 1) + size + (3,)))
   results = {}
   for t in (2, 16):
@@ -96,7 +97,9 @@ class _ConsumeAllStages(nn.Module):
 
 
 def encoder_flops(pcma: PCMAOptions | None, size=(224, 224)) -> float:
-  model = Segmenter(ResNet(50, 'torchvision', output_stride=32), _ConsumeAllStages(), 1, pcma=pcma)
+  channels = stage_channels(50)
+  temporal = Plain() if pcma is None else PCMA(pcma, tuple(channels[s] for s in pcma.stages))
+  model = VideoSegmenter(ResNet(50, 'torchvision', output_stride=32), temporal, _ConsumeAllStages(), 1)
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 1) + size + (3,))))
   memory = model.init_memory(1, size)
   frame = jax.ShapeDtypeStruct((1,) + size + (3,), jnp.float32)
@@ -112,7 +115,7 @@ def flops():
   print(f'ResNet50: {base / 1e9:.2f} GFLOP (XLA counts a multiply-add as 2)')
   print(f'{"r":>6} {"T":>2} {"stages 1-3 (code)":>18} {"stages 1-4":>11} {"paper":>7}')
   for (r, t), paper in PAPER_TABLE4.items():
-    code = encoder_flops(PCMAOptions(ratio=r, memory_length=t)) / base * 100
+    code = encoder_flops(PCMAOptions(ratio=r, memory_length=t, stages=('stage1', 'stage2', 'stage3'))) / base * 100
     all4 = encoder_flops(PCMAOptions(ratio=r, memory_length=t,
                                      stages=('stage1', 'stage2', 'stage3', 'stage4'))) / base * 100
     print(f'{r:6.3f} {t:2d} {code:17.2f}% {all4:10.2f}% {paper:6.2f}%')

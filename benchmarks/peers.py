@@ -33,10 +33,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 NUM_CLASSES = 11
 
 
-def ours(encoder: str, size):
+def ours(temporal: str, size):
   """A `run(frames) -> seconds per frame` for our model streamed with `step` (compiled and memory filled)."""
   from ma_resnet.models import build
-  model = build(reference_config(encoder), num_classes=NUM_CLASSES)
+  model = build(reference_config(temporal), num_classes=NUM_CLASSES)
   variables, step = streaming_step(model, size)
   frame = jax.random.normal(jax.random.key(1), (1,) + size + (3,))
   state = {'memory': model.init_memory(1, size)}
@@ -99,7 +99,7 @@ def main():
   runners = {}
   names = {'a': 'MA-ResNet50-vd + DeepLabV3+ (ours, step)', 'b': 'ResNet50-vd + DeepLabV3+ (ours, plain)',
            'c': 'torchvision deeplabv3_resnet50'}
-  for key, make in (('a', lambda: ours('ma', size)), ('b', lambda: ours('plain', size)),
+  for key, make in (('a', lambda: ours('pcma', size)), ('b', lambda: ours('plain', size)),
                     ('c', lambda: torchvision_deeplabv3(size, args.torch_threads))):
     start = time.perf_counter()
     runners[key] = make()

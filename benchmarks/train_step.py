@@ -1,7 +1,7 @@
 """Seconds per training step of any config (random data of the config's batch shape), without data loading.
 
     python benchmarks/train_step.py --config=configs/camvid_cpu.py
-    python benchmarks/train_step.py --config=configs/camvid_cpu.py --set model.encoder="'plain'"
+    python benchmarks/train_step.py --config=configs/camvid_cpu.py --set model.temporal="'plain'"
     python benchmarks/train_step.py --config=configs/camvid_cpu.py --set batch_size=2 \
         --set data.crop_size="(240, 320)" --set model.head_options="{'aspp_rates': (1, 3, 6, 9)}"
 
@@ -50,7 +50,7 @@ def main():
   model = models.build(config.model, num_classes)
   schedule = training.learning_rate_schedule(config)
   state = training.create_train_state(config, model, training.make_optimizer(config, schedule), jax.random.key(0))
-  step = jax.jit(training.make_train_step(config, schedule, config.model.encoder == 'ma'))
+  step = jax.jit(training.make_train_step(config, schedule, config.model.temporal != 'plain'))
   rng = np.random.default_rng(0)
   batch = {'frames': jnp.asarray(rng.normal(size=(b, t, h, w, 3)), jnp.float32),
            'labels': jnp.asarray(rng.integers(0, num_classes, size=(b, t, h, w)), jnp.int32),

@@ -7,8 +7,9 @@ r"""CamVid, the paper's recipe (§4.2): MA-ResNet50-vd + DeepLabV3+, SGD, poly l
 
 Recipe: cross-entropy, SGD momentum 0.9, weight decay 4e-5, poly lr from 0.1 to 0.001 (power 0.9) over 60 000
 iterations of batch 2, frames at 960x720, augmentation "resize, random horizontal flip and normalize".
-PCMA as in the authors' code (stages 1-3, r = 0.25, memory of T = 1 frame), so a clip is 2 consecutive labelled
-frames: the first fills the memory, the second is enhanced.
+PCMA as in the authors' code (r = 0.25, memory of T = 1 frame), so a clip is 2 consecutive labelled frames:
+the first fills the memory, the second is enhanced. The code's PCMA on stages 2-3 is not built: DeepLabV3+
+reads stages 1 and 4 and the enhanced maps go only to the head, so it could not change a prediction.
 
 Differences with the data in /work/shared/data/camvid (SegNet release): its frames are 480x360, half the
 paper's 960x720 (which is CamVid's original video resolution). Here they are upsampled 2x (scale_range (2, 2):

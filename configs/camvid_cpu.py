@@ -2,6 +2,7 @@ r"""CamVid from scratch on a 2-core CPU in under 60 minutes: MA-ResNet18 + slim 
 
     python train.py --config=configs/camvid_cpu.py --workdir=workdirs/camvid_cpu_ma
     python train.py --config=configs/camvid_cpu.py --workdir=workdirs/camvid_cpu_plain --config.model.temporal=plain
+    python train.py --config=configs/camvid_cpu.py --workdir=workdirs/camvid_cpu_tma --config.model.temporal=tma
     python eval.py --workdir=workdirs/camvid_cpu_ma --checkpoint=latest --overlays=5 --overlay_stride=25
 
 Stop it at any time (Ctrl-C, kill) and run the same command again: it resumes from the last checkpoint
@@ -55,6 +56,9 @@ def get_config():
   pcma.stages = ('stage1', 'stage4')
   pcma.ratio = 0.25
   pcma.memory_length = 1
+  # --config.model.temporal=tma: TMANet's memory attention on stage 4 (the high-level map DeepLabV3+ reads;
+  # its 96-channel bottleneck replaces it), a memory of one frame, narrow encoders.
+  model.tma.update(stage='stage4', memory_length=1, key_channels=32, value_channels=96, channels=96)
 
   data = config.data
   data.clip_length = 2

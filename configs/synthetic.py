@@ -1,6 +1,7 @@
 r"""Synthetic video (the embedded default): an MA-ResNet18 learns to recall class colours it saw one frame ago.
 
     python train.py --config=configs/synthetic.py --workdir=/tmp/syn_ma
+    python train.py --config=configs/synthetic.py --workdir=/tmp/syn_tma --config.model.temporal=tma
     python train.py --config=configs/synthetic.py --workdir=/tmp/syn_plain --config.model.temporal=plain
     python eval.py --workdir=/tmp/syn_ma --overlays=8
 
@@ -13,8 +14,9 @@ reads the colours of the reveal frame before it.
 Sized to finish in about 3-5 minutes on a 2-core CPU: 64x64 frames, ResNet18 at output stride 32, a small FCN
 head on the (memory-enhanced) stride-4 stage-1 map, clips of 4 frames (reveal, grey, reveal, grey: grey frames
 learn to use the memory, reveal frames learn not to be disturbed by a grey memory), 600 SGD steps of 4 clips.
-Stages 2-4 of the ResNet cannot reach the loss with this head, so training skips them (see
-`training.keep_dead_batch_stats`).
+Stages 2-4 of the ResNet cannot reach the loss with this head, so the model does not build them.
+`--config.model.temporal=tma` swaps PCMA for TMANet's temporal memory attention on the same stage-1 map (its
+bottleneck replaces the map the FCN head reads; memory of one frame, narrow encoders); `plain` has no memory.
 Differences with the data module's defaults: reveal period 2 instead of 4 (one frame of memory suffices, so
 memory_length is 1 and clips can be short), 4 object classes (lower per-frame bound), 2 larger objects
 (stride-4 logits blur the edges of small squares).
@@ -39,6 +41,7 @@ def get_config():
   pcma.memory_length = 1
   pcma.warmup = 'partial'
   pcma.detach_memory = False  # gradients reach the stored keys/values (through the 4-frame clip)
+  model.tma.update(stage='stage1', memory_length=1, key_channels=32, value_channels=64, channels=64)
 
   data = config.data
   syn = data.synthetic

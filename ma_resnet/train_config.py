@@ -93,6 +93,14 @@ def base_config(dataset: str = 'synthetic') -> ml_collections.ConfigDict:
   return config
 
 
+def mmseg_schedule(config: ml_collections.ConfigDict, num_steps: int = 80_000) -> None:
+  """mmsegmentation's `schedule_80k` (TMANet's, STF's PSPNet): SGD lr 0.01, momentum 0.9, weight decay 5e-4 on
+  every parameter, poly (power 0.9) to min_lr 1e-4, no warm-up."""
+  config.optimizer.update(name='sgd', lr=0.01, end_lr=1e-4, power=0.9, momentum=0.9, nesterov=False,
+                          weight_decay=5e-4, weight_decay_on='all', warmup=0, grad_clip_norm=0.0)
+  config.num_steps = num_steps
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the field when a value is out of range (before anything is written)."""
   def need(condition, message):

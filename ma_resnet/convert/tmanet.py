@@ -34,7 +34,7 @@ import ml_collections
 
 from ma_resnet.convert import torchvision as torchvision_convert
 from ma_resnet.convert.checkpoint_io import ConversionError, Table, apply_table, shaped_table, unwrap_state_dict
-from ma_resnet.models.build import build, default_model_config
+from ma_resnet.models.build import build, default_model_config, tmanet_r50_d8
 from ma_resnet.models.segmenter import VideoSegmenter
 
 _CONV, _COPY = 'conv_oihw_to_hwio', 'identity'
@@ -44,21 +44,9 @@ _BN = {'weight': ('params', 'scale'), 'bias': ('params', 'bias'), 'running_mean'
 
 def reference_model_config(*, memory_length: int = 2, align_corners: bool = True, key_channels: int = 64,
                            value_channels: int = 256) -> ml_collections.ConfigDict:
-  """`model` config of the authors' TMANet R50-D8 (Cityscapes: T=2, align_corners True; CamVid: T=4, False)."""
-  config = default_model_config()
-  config.temporal = 'tma'
-  config.depth = 50
-  config.variant = 'v1c'
-  config.output_stride = 8
-  config.multi_grid = None
-  config.contract_dilation = True
-  config.head = 'classifier'
-  config.head_options = {'in_stage': 'stage4', 'dropout': 0.1}
-  config.aux_head = 'fcn'
-  config.align_corners = align_corners
-  config.tma.update(memory_length=memory_length, key_channels=key_channels, value_channels=value_channels,
-                    channels=512, stage='stage4', matmul_norm=False, detach_memory=False)
-  return config
+  """`model` config of the authors' TMANet R50-D8 (`models.build.tmanet_r50_d8`)."""
+  return tmanet_r50_d8(default_model_config(), memory_length=memory_length, align_corners=align_corners,
+                       key_channels=key_channels, value_channels=value_channels)
 
 
 def reference_model(num_classes: int, memory_length: int = 2, align_corners: bool = True, key_channels: int = 64,
@@ -68,12 +56,12 @@ def reference_model(num_classes: int, memory_length: int = 2, align_corners: boo
                                       key_channels=key_channels, value_channels=value_channels), num_classes)
 
 
-def _conv_module(rows: dict, ignored: set, name: str, path: tuple, conv: str = 'conv', bn: str = 'bn'):
-  """mmcv ConvModule `name.{conv,bn}` (or torchvision-style `name` conv + `bn_name` BN) onto `path/{conv,bn}`."""
-  rows[f'{name}.{conv}.weight'] = ('params', path + ('conv', 'kernel'), _CONV)
+def _conv_module(rows: dict, ignored: set, name: str, path: tuple):
+  """An mmcv ConvModule `name.{conv,bn}` onto a Flax ConvBN at `path/{conv,bn}`."""
+  rows[f'{name}.conv.weight'] = ('params', path + ('conv', 'kernel'), _CONV)
   for suffix, (collection, leaf) in _BN.items():
-    rows[f'{name}.{bn}.{suffix}'] = (collection, path + ('bn', leaf), _COPY)
-  ignored.add(f'{name}.{bn}.num_batches_tracked')
+    rows[f'{name}.bn.{suffix}'] = (collection, path + ('bn', leaf), _COPY)
+  ignored.add(f'{name}.bn.num_batches_tracked')
 
 
 def reference_name_table(memory_length: int) -> tuple[dict[str, tuple[str, tuple, str]], set[str]]:

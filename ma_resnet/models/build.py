@@ -84,6 +84,24 @@ def default_model_config() -> ml_collections.ConfigDict:
   })
 
 
+def tmanet_r50_d8(model: ml_collections.ConfigDict, *, memory_length: int = 2, align_corners: bool = True,
+                  key_channels: int = 64, value_channels: int = 256) -> ml_collections.ConfigDict:
+  """Sets `model` (a `default_model_config()`) to the authors' TMANet R50-D8 and returns it: ResNetV1c-50 with
+  contract_dilation at output stride 8, TMA on stage 4 (bottleneck 512), classifier head (dropout 0.1),
+  mmseg's auxiliary FCN on stage 3. Cityscapes config: T = 2, align_corners True; CamVid: T = 4, False."""
+  model.temporal = 'tma'
+  model.depth, model.variant, model.output_stride = 50, 'v1c', 8
+  model.multi_grid = None
+  model.contract_dilation = True
+  model.head = 'classifier'
+  model.head_options = {'in_stage': 'stage4', 'dropout': 0.1}
+  model.aux_head = 'fcn'
+  model.align_corners = align_corners
+  model.tma.update(memory_length=memory_length, key_channels=key_channels, value_channels=value_channels,
+                   channels=512, stage='stage4', matmul_norm=False, detach_memory=False)
+  return model
+
+
 def _choice(config: Mapping, key: str, allowed) -> Any:
   value = config[key]
   if value not in allowed:
