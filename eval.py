@@ -31,7 +31,7 @@ def main(argv):
 
   def run():
     from ma_resnet import evaluation
-    metrics, report = evaluation.evaluate_workdir(
+    metrics, report = evaluation.evaluate_run(
         FLAGS.workdir, split=FLAGS.split, checkpoint=FLAGS.checkpoint, overlays=FLAGS.overlays,
         overlay_stride=FLAGS.overlay_stride, eval_batch_size=FLAGS.eval_batch_size, data_root=FLAGS.data_root,
         native_labels=FLAGS.native_labels)

@@ -1,9 +1,9 @@
-r"""Trains a video segmentation model (MA-ResNet / plain ResNet encoder + head) and evaluates it.
+r"""Trains a video segmentation model (backbone x temporal module x head) and evaluates it.
 
     python train.py --config=configs/synthetic.py --workdir=/tmp/syn_ma
     python train.py --config=configs/camvid.py --workdir=runs/camvid_ma --config.init_from=/path/to/r50_converted
 
-Any config field can be overridden: --config.optimizer.lr=0.01 --config.model.encoder=plain.
+Any config field can be overridden: --config.optimizer.lr=0.01 --config.model.temporal=plain.
 Running the same command again resumes from the workdir's latest checkpoint (state, data position).
 The workdir receives config.json, metrics.jsonl, TensorBoard events, checkpoints/ and train_result.json.
 Data parallel over all local devices (and all hosts of a multi-process launch; see ma_resnet/parallel.py).
@@ -28,9 +28,9 @@ def main(argv):
   logging.set_verbosity(logging.INFO)
 
   def run():
-    from ma_resnet import parallel, training
+    from ma_resnet import loop, parallel
     parallel.initialize_distributed(FLAGS.config.distributed)
-    result = training.train_and_evaluate(FLAGS.config, FLAGS.workdir, progress=FLAGS.progress)
+    result = loop.train_and_evaluate(FLAGS.config, FLAGS.workdir, progress=FLAGS.progress)
     if result.eval_metrics:
       print(f'done: step {result.step}, {FLAGS.config.eval_split} mIoU {result.eval_metrics["miou"]:.4f}, '
             f'{result.seconds:.0f} s', flush=True)

@@ -13,7 +13,7 @@ import argparse
 
 import numpy as np
 
-from ma_resnet import predict
+from ma_resnet import checkpoints, inference
 from ma_resnet.data import make_sequences
 from ma_resnet.visualize import colorize, resize_image, save_png
 
@@ -42,21 +42,22 @@ def main():
   parser.add_argument('--scale', type=float, default=2, help='display scale of the frames (2: 64x64 -> 128)')
   args = parser.parse_args()
 
-  runs = {name: predict.load_model(workdir=path, checkpoint=args.checkpoint)
-          for name, path in (('ma', args.ma), ('plain', args.plain))}
+  runs = {name: checkpoints.load_run(path, args.checkpoint) for name, path in (('ma', args.ma), ('plain', args.plain))}
   sequences = make_sequences(runs['ma'].config.data, runs['ma'].config.eval_split)
   frames = [sequences.read_frame(args.sequence, p) for p in range(sequences.sequence_length(args.sequence))]
   shown = range(0, len(frames), args.every)
   images = [f.image for f in frames]
-  palette = runs['ma'].palette
+  palette = inference.input_settings(runs['ma'].config).palette
 
   def row(pictures, nearest=False):
     return np.concatenate([scaled(pictures[i], args.scale, nearest) for i in shown], axis=1)
 
   rows = [row(images), row([colorize(f.label, palette) for f in frames], nearest=True)]
   for run in runs.values():
-    predictions = list(predict.predict_video(run.model, run.variables, images, mean=run.mean, std=run.std,
-                                             size=run.eval_size, normalize=run.normalize))
+    settings = inference.input_settings(run.config)
+    predictions = list(inference.predict_video(run.model, run.variables, images, mean=settings.mean,
+                                               std=settings.std, size=settings.eval_size,
+                                               normalize=settings.normalize))
     rows.append(row([colorize(p.labels, palette) for p in predictions], nearest=True))
   gap = np.full((4, rows[0].shape[1], 3), 255, np.uint8)
   figure = np.concatenate(sum(([r, gap] for r in rows), [])[:-1], axis=0)

@@ -5,36 +5,19 @@
     python benchmarks/train_step.py --config=configs/camvid_cpu.py --set batch_size=2 \
         --set data.crop_size="(240, 320)" --set model.head_options="{'aspp_rates': (1, 3, 6, 9)}"
 
-Each --set is `dotted.key=python literal`. Prints the compile time, the time of each timed step and the
+Each --set is `dotted.key=python literal` (`train_config.load_config`). Prints the compile time, the time of each timed step and the
 median per step and per frame (B x T frames a step). The figures behind `configs/camvid_cpu.py`'s choices
 came from this script.
 """
 import argparse
-import ast
-import importlib.util
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ma_resnet import models, training
+from ma_resnet import models, train_config, training
 from ma_resnet import data as data_lib
-
-
-def load_config(path: str, settings):
-  spec = importlib.util.spec_from_file_location('experiment_config', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  for setting in settings:
-    key, _, value = setting.partition('=')
-    node = config
-    *parents, leaf = key.split('.')
-    for part in parents:
-      node = node[part]
-    node[leaf] = ast.literal_eval(value)
-  return config
 
 
 def main():
@@ -43,7 +26,7 @@ def main():
   parser.add_argument('--set', action='append', default=[], help='dotted.key=python literal (repeatable)')
   parser.add_argument('--steps', type=int, default=3, help='timed steps after the first (compiling) one')
   args = parser.parse_args()
-  config = load_config(args.config, args.set)
+  config = train_config.load_config(args.config, args.set)
   b, t = int(config.batch_size), int(config.data.clip_length)
   h, w = (int(s) for s in config.data.crop_size)
   num_classes = data_lib.num_classes(config.data)

@@ -1,4 +1,12 @@
-"""Checkpoints of a training run (Orbax `CheckpointManager`) and loading pretrained encoders.
+"""Checkpoints of a training run (Orbax `CheckpointManager`), loading a trained run, pretrained encoders.
+
+    run = load_run('runs/camvid_ma')                     # best checkpoint by validation mIoU
+    run = load_run('runs/camvid_ma', 'latest')           # or a step number; or a step folder / checkpoints folder
+    run.model.apply(run.variables, clip)                 # run.config, run.step, run.checkpoint_path, ...
+
+`load_run` is the one way a run is loaded (eval.py, predict, notebooks, benchmarks): which checkpoint, which
+config, the model built from it (`models.build`) and checked against the checkpoint's tree before anything is
+restored.
 
 Layout of `<workdir>/checkpoints/`:
 
@@ -20,6 +28,7 @@ produce; any difference (another depth, head, number of classes, PCMA stages, op
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -41,7 +50,11 @@ MAX_LISTED = 12
 _TMP_PATTERN = re.compile(r'.*\.orbax-checkpoint-tmp.*')
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointError(ValueError):
+  """No usable checkpoint (missing, empty, unreadable, not a checkpoint): the message says what to give."""
+
+
+class CheckpointMismatchError(CheckpointError):
   """A checkpoint that does not fit the model/optimizer of the config; the message names the paths."""
 
 
@@ -116,6 +129,29 @@ def describe_mismatch(expected: dict, found: dict, *, what: str, found_where: st
   return '\n'.join(lines)
 
 
+def _flat_config(tree, prefix: str) -> dict:
+  out = {}
+  for k, v in (tree or {}).items():
+    if isinstance(v, dict):
+      out.update(_flat_config(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = tuple(v) if isinstance(v, list) else v
+  return out
+
+
+def config_differences(stored: dict | None, config) -> str:
+  """'\n  config differences: ...' listing the model fields (and data.name) where the checkpoint's stored
+  config differs from `config`; '' when there is no stored config or no difference."""
+  if not stored:
+    return ''
+  now = json.loads(config.to_json()) if hasattr(config, 'to_json') else dict(config)
+  old, new = _flat_config(stored.get('model'), 'model.'), _flat_config(now.get('model'), 'model.')
+  old['data.name'], new['data.name'] = stored.get('data', {}).get('name'), now.get('data', {}).get('name')
+  diffs = [f"{k}: {old.get(k)!r} in the checkpoint's run, {new.get(k)!r} in the config used"
+           for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+  return ('\n  config differences: ' + '; '.join(diffs)) if diffs else ''
+
+
 def _without_optimizer_duplicates(shapes: dict) -> dict:
   """Drops opt_state/* entries: they mirror params and would repeat every parameter difference."""
   return {k: v for k, v in shapes.items() if not k.startswith('opt_state/')}
@@ -176,18 +212,25 @@ class TrainCheckpoints:
     return manager.best_step() or manager.latest_step()
 
   def select_step(self, selector: str, run_dir: str | None = None) -> int:
-    """'best', 'latest' or a step number -> a step that exists; FileNotFoundError naming what is missing."""
-    steps = self.all_steps()
+    """'best', 'latest' or a step number -> a step that exists; CheckpointError naming what is missing."""
+    try:
+      steps = self.all_steps()
+    except Exception as e:  # pylint: disable=broad-except  (an unreadable folder)
+      raise CheckpointError(f'cannot read the checkpoints in {self.directory}: {e}') from None
     if not steps:
       where = f'train first (python train.py --workdir={run_dir})' if run_dir else 'nothing to restore'
-      raise FileNotFoundError(f'no checkpoint in {self.directory}: {where}')
+      raise CheckpointError(f'no checkpoint in {self.directory}: {where}')
+    selector = str(selector)
     if selector == 'best':
       return self.best_step()
     if selector == 'latest':
       return self.latest_step()
+    if not selector.isdigit():
+      raise CheckpointError(f"checkpoint {selector!r}: expected 'best', 'latest' or a step number "
+                            f'(steps in {self.directory}: {steps})')
     step = int(selector)
     if step not in steps:
-      raise FileNotFoundError(f'no checkpoint of step {step} in {self.directory} (steps: {steps})')
+      raise CheckpointError(f'no checkpoint of step {step} in {self.directory} (steps: {steps})')
     return step
 
   def metrics(self, step: int) -> dict | None:
@@ -216,34 +259,21 @@ class TrainCheckpoints:
                                   found_where=f'checkpoint {self.step_path(step)}')
     if message is not None:
       if config is not None:
-        message += self._config_differences(step, config)
+        message += config_differences(self.stored_config_or_none(step), config)
       raise CheckpointMismatchError(
           message + '\nThe workdir holds a run of another architecture (or optimizer); use a new --workdir '
           'or the config it was trained with (its config.json). Nothing was written.')
 
-  def _config_differences(self, step: int, config) -> str:
-    try:
-      stored = self.stored_config(step)
-    except Exception:  # pylint: disable=broad-except
-      return ''
-    def flat(tree, prefix):
-      out = {}
-      for k, v in (tree or {}).items():
-        if isinstance(v, dict):
-          out.update(flat(v, f'{prefix}{k}.'))
-        else:
-          out[f'{prefix}{k}'] = tuple(v) if isinstance(v, list) else v
-      return out
-    now = json.loads(config.to_json())
-    old, new = flat(stored.get('model'), 'model.'), flat(now.get('model'), 'model.')
-    old['data.name'], new['data.name'] = stored.get('data', {}).get('name'), now['data']['name']
-    diffs = [f'{k}: {old.get(k)!r} in the checkpoint\'s run, {new.get(k)!r} now'
-             for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
-    return ('\n  config differences: ' + '; '.join(diffs)) if diffs else ''
-
   def stored_config(self, step: int) -> dict:
     restored = self._reader().restore(step, args=ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()}))
     return restored[CONFIG]
+
+  def stored_config_or_none(self, step: int) -> dict | None:
+    """The config saved with `step`, or None (checkpoints written before configs were stored)."""
+    try:
+      return self.stored_config(step)
+    except Exception:  # pylint: disable=broad-except
+      return None
 
   def restore(self, step: int, abstract_state, train_iter=None, mesh=None):
     """The TrainState at `step` (replicated over `mesh`); `train_iter` is set to its saved position."""
@@ -257,6 +287,10 @@ class TrainCheckpoints:
       items[DATA_ITER] = _grain_restore(train_iter)
     restored = self._reader().restore(step, args=ocp.args.Composite(**items))
     return restored[STATE]
+
+  def restore_data_iterator(self, step: int, train_iter) -> None:
+    """Sets the grain iterator `train_iter` to its position saved at `step`."""
+    self._reader().restore(step, args=ocp.args.Composite(**{DATA_ITER: _grain_restore(train_iter)}))
 
   def restore_variables(self, step: int, mesh=None) -> dict:
     """`{'params', 'batch_stats'}` at `step`, without needing the optimizer (for evaluation)."""
@@ -335,6 +369,132 @@ def _grain_save(train_iter):
 def _grain_restore(train_iter):
   import grain
   return grain.checkpoint.CheckpointRestore(train_iter)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loading a trained run.
+
+
+@dataclasses.dataclass
+class Run:
+  """A trained run's checkpoint, restored: the model built from its config, and its variables."""
+  config: Any                  # ml_collections.ConfigDict: the training config the model was built from
+  model: Any                   # the `VideoSegmenter`
+  variables: dict              # {'params', 'batch_stats'}
+  step: int                    # training step of the checkpoint
+  checkpoint_path: str         # the step folder restored
+  config_source: str           # where the config came from (for messages)
+  run_dir: str | None          # the run folder (workdir), when known
+  metrics: dict | None         # metrics stored with the checkpoint ({'miou': ...} after a validation)
+
+
+def _load_config_file(path: str):
+  from ma_resnet import train_config
+  try:
+    return train_config.load_config(path)
+  except FileNotFoundError as e:
+    raise CheckpointError(str(e)) from None
+
+
+def _locate(path: str, which: str) -> tuple[TrainCheckpoints, int, str | None]:
+  """(store, step, run folder or None) for a run folder, its checkpoints/ folder or a step folder."""
+  path = os.path.abspath(os.fspath(path))
+  if not os.path.exists(path):
+    raise CheckpointError(f'checkpoint {path} does not exist')
+  if os.path.isdir(os.path.join(path, CHECKPOINT_DIR)):  # a run folder
+    store = TrainCheckpoints(os.path.join(path, CHECKPOINT_DIR))
+    return store, store.select_step(which, run_dir=path), path
+  if os.path.isfile(os.path.join(path, 'metadata.json')) and os.path.isdir(os.path.join(path, 'variables')):
+    raise CheckpointMismatchError(
+        f'{path} is a converted encoder (python -m ma_resnet.convert): it holds a backbone without the temporal '
+        f'module and the segmentation head, so it cannot segment. Train from it (train.py '
+        f'--config.init_from={path}) and use the run\'s workdir.')
+  name = os.path.basename(path)
+  if name.isdigit() and os.path.isdir(os.path.join(path, STATE)):  # a step folder
+    store = TrainCheckpoints(os.path.dirname(path))
+    if int(name) not in store.all_steps():
+      raise CheckpointError(f'{path} is not a finished checkpoint (steps in {store.directory}: '
+                            f'{store.all_steps()})')
+    return store, int(name), os.path.dirname(store.directory)
+  if os.path.isdir(path) and any(n.isdigit() and os.path.isdir(os.path.join(path, n, STATE))
+                                 for n in os.listdir(path)):  # a checkpoints/ folder
+    store = TrainCheckpoints(path)
+    return store, store.select_step(which, run_dir=os.path.dirname(path)), os.path.dirname(path)
+  raise CheckpointError(f'{path} is not a checkpoint: expected a run folder written by train.py, its '
+                        f'{CHECKPOINT_DIR}/ folder, or a step folder <workdir>/{CHECKPOINT_DIR}/<step> (with '
+                        f'{STATE}/ in it)')
+
+
+def load_run(path: str, which: str | int = 'best', *, config=None, config_name: str | None = None,
+             mesh=None, data_iterator=None) -> Run:
+  """Restores a trained run for evaluation or inference.
+
+  Args:
+    path: a run folder written by train.py, its checkpoints/ folder, or a step folder
+      `<workdir>/checkpoints/<step>`.
+    which: with a run or checkpoints folder: 'best' (by validation mIoU; the latest when none was validated),
+      'latest' or a step number.
+    config: the training config to build the model from (a ConfigDict, a dict or a config file path);
+      default: the config stored with the checkpoint, else the run folder's config.json.
+    config_name: how messages name `config`.
+    mesh: where the variables go (default: every local device, replicated).
+    data_iterator: a grain iterator of the run's training data: restored to the checkpoint's position.
+  Raises:
+    CheckpointError: no usable checkpoint or config. CheckpointMismatchError: the checkpoint's tree is not the
+    model of the config (the message names the differing parameters and config fields).
+  """
+  import ml_collections
+  from ma_resnet import data as data_lib
+  from ma_resnet import models
+
+  store, step, run_dir = _locate(path, str(which))
+  step_path = store.step_path(step)
+  try:
+    stored = store.stored_config_or_none(step)
+    if config is not None:
+      source = config_name or (f'config {config}' if isinstance(config, (str, os.PathLike)) else 'the given config')
+      if isinstance(config, (str, os.PathLike)):
+        config = _load_config_file(os.fspath(config))
+    elif stored is not None:
+      config, source = stored, f'the config stored in {step_path}'
+    else:
+      source = os.path.join(run_dir or '', 'config.json')
+      if not (run_dir and os.path.isfile(source)):
+        raise CheckpointError(f'no config stored in {step_path} and no {source}: give the config it was '
+                              'trained with')
+      with open(source) as f:
+        config = json.load(f)
+    config = ml_collections.ConfigDict(json.loads(config.to_json()) if hasattr(config, 'to_json') else config)
+    if 'model' not in config or 'data' not in config:
+      raise CheckpointError(f'{source} is not a training config (it needs model and data fields)')
+    try:
+      model = models.build(config.model, data_lib.num_classes(config.data))
+    except (KeyError, ValueError, TypeError, AttributeError) as e:
+      raise CheckpointError(f'cannot build the model of {source}: {e}') from None
+    h, w = (int(s) for s in config.data.get('crop_size') or (64, 64))
+    abstract = jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 1, h, w, 3), np.float32))
+    expected = flat_shapes({k: abstract[k] for k in ('params', 'batch_stats') if k in abstract})
+    try:
+      found = {k: v for k, v in store.stored_shapes(step).items()
+               if k.startswith('params/') or k.startswith('batch_stats/')}
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointError(f'cannot read checkpoint {step_path}: {e}') from None
+    message = describe_mismatch(expected, found, what=f'the model of {source}', found_where=f'checkpoint {step_path}')
+    if message is not None:
+      raise CheckpointMismatchError(
+          message + config_differences(stored, config)
+          + "\nThe checkpoint holds another architecture: use the config it was trained with (its run's "
+          'config.json, or no config override).')
+    try:
+      variables = store.restore_variables(step, mesh)
+      if data_iterator is not None:
+        store.restore_data_iterator(step, data_iterator)
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointError(f'cannot restore checkpoint {step_path}: {e}') from None
+    return Run(config=config, model=model, variables=dict(variables), step=step, checkpoint_path=step_path,
+               config_source=source, run_dir=run_dir, metrics=store.metrics(step))
+  finally:
+    store.close()
 
 
 # ---------------------------------------------------------------------------------------------------------

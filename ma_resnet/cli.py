@@ -11,7 +11,6 @@ non-zero exit code, without a traceback:
 from __future__ import annotations
 
 import difflib
-import importlib.util
 import os
 import re
 import sys
@@ -27,13 +26,6 @@ def fail(message: str, code: int) -> None:
   sys.exit(code)
 
 
-def _load_config_file(path: str):
-  spec = importlib.util.spec_from_file_location('_config_for_errors', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
-
 def _unknown_override(argv: Sequence[str], flag_name: str) -> str | None:
   """A message for the first `--<flag>.a.b=...` whose key path does not exist in the config file."""
   config_path = None
@@ -44,7 +36,8 @@ def _unknown_override(argv: Sequence[str], flag_name: str) -> str | None:
   if config_path is None or not os.path.exists(config_path):
     return None
   try:
-    config = _load_config_file(config_path)
+    from ma_resnet import train_config
+    config = train_config.load_config(config_path)
   except Exception:  # the config file itself is broken: let the original error speak
     return None
   for arg in argv:
@@ -82,14 +75,14 @@ def make_flags_parser(flag_name: str = 'config') -> Callable[[list[str]], list[s
 
 def run_guarded(main: Callable[[], None]) -> None:
   """Runs `main()`, mapping the expected failures to one message and an exit code (see the docstring)."""
-  from ma_resnet.checkpoints import CheckpointMismatchError
+  from ma_resnet.checkpoints import CheckpointError
   from ma_resnet.data import DataError
   from ma_resnet.training import NonFiniteLossError
   try:
     main()
   except NonFiniteLossError as e:
     fail(str(e), EXIT_DIVERGED)
-  except CheckpointMismatchError as e:
+  except CheckpointError as e:
     fail(str(e), EXIT_CHECKPOINT)
   except DataError as e:
     fail(f'{e}\n  (check data.root / the dataset folder; nothing was written to the workdir)', EXIT_DATA)

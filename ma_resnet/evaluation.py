@@ -16,12 +16,14 @@ IoU_k = TP / (TP + FP + FN) (NaN for a class absent from both ground truth and p
 mean), mIoU = mean of the defined IoU_k, pixel accuracy = trace / total. Frames per second count every frame
 streamed (labelled or not) per second of wall time, excluding the first step (compilation).
 
-`evaluate_workdir(workdir, ...)` is `eval.py`: restore the best (or latest) checkpoint of a run, evaluate,
-write `eval_<split>.json`, overlays and a per-class table.
+`evaluate_run(workdir, ...)` is `eval.py`: restore the best (or latest) checkpoint of a run
+(`checkpoints.load_run`), evaluate, write `eval_<split>.json`, overlays and a per-class table. This module
+never imports the trainer: the streamed step is `inference.segment_frames`, shared with video inference.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -29,12 +31,11 @@ import time
 from typing import Any, Callable, Iterator, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from ma_resnet import checkpoints, inference, parallel, visualize
 from ma_resnet import data as data_lib
-from ma_resnet import models, parallel
-from ma_resnet.models.ops import resize_bilinear
+from ma_resnet.files import atomic_write_text
 
 IGNORE_INDEX = data_lib.IGNORE_INDEX
 
@@ -195,18 +196,9 @@ class Evaluator:
     """
     fn = self._step_fns.get(label_size)
     if fn is None:
-      model = self.model
-
-      def step(variables, frames, memory, reset):
-        out = model.apply(variables, frames, memory, reset, method=model.step)
-        logits = out.logits
-        if tuple(logits.shape[1:3]) != label_size:
-          logits = resize_bilinear(logits.astype(jnp.float32), label_size)
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32), out.memory
-
       sharding = self._batch_sharding
-      fn = jax.jit(step, in_shardings=(self._replicated, sharding, sharding, sharding),
-                   out_shardings=(sharding, sharding))
+      fn = jax.jit(functools.partial(inference.segment_frames, self.model, out_size=label_size),
+                   in_shardings=(self._replicated, sharding, sharding, sharding), out_shardings=(sharding, sharding))
       self._step_fns[label_size] = fn
     return fn(variables, frames, memory, reset)
 
@@ -317,20 +309,7 @@ class Evaluator:
 # eval.py
 
 
-def _load_run_config(workdir: str, ckpt, step: int):
-  import ml_collections
-  try:
-    stored = ckpt.stored_config(step)
-  except Exception:  # older checkpoints without the config item: fall back to config.json
-    path = os.path.join(workdir, 'config.json')
-    if not os.path.exists(path):
-      raise FileNotFoundError(f'no config stored in {ckpt.step_path(step)} and no {path}') from None
-    with open(path) as f:
-      stored = json.load(f)
-  return ml_collections.ConfigDict(stored)
-
-
-def evaluate_workdir(workdir: str, *, split: str | None = None, checkpoint: str = 'best', overlays: int = 0,
+def evaluate_run(workdir: str, *, split: str | None = None, checkpoint: str = 'best', overlays: int = 0,
                      overlay_stride: int = 1, eval_batch_size: int | None = None, data_root: str | None = None,
                      native_labels: bool | None = None, report_path: str | None = None
                      ) -> tuple[EvalMetrics, dict]:
@@ -339,30 +318,25 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, checkpoint: str 
   overlays / overlay_stride: save panels of `overlays` frames, every `overlay_stride`-th frame of the split in
   stream order from the first. native_labels: override the run config's `data.eval_native_labels`.
   """
-  from ma_resnet import checkpoints as checkpoints_lib
-  from ma_resnet import logging_utils, visualize
-
   workdir = os.path.abspath(workdir)
-  ckpt = checkpoints_lib.TrainCheckpoints(os.path.join(workdir, checkpoints_lib.CHECKPOINT_DIR))
-  step = ckpt.select_step(str(checkpoint), run_dir=workdir)
-  config = _load_run_config(workdir, ckpt, step)
+  if overlay_stride < 1:
+    raise ValueError(f'overlay_stride must be >= 1, got {overlay_stride}')
+  mesh = parallel.make_mesh()
+  if os.path.isdir(workdir) and not os.path.isdir(os.path.join(workdir, checkpoints.CHECKPOINT_DIR)):
+    raise checkpoints.CheckpointError(f'no checkpoint in {workdir}: train first (python train.py '
+                                      f'--workdir={workdir})')
+  run = checkpoints.load_run(workdir, checkpoint, mesh=mesh)
+  config = run.config
   if data_root:
     config.data.root = data_root
   if native_labels is not None:
     config.data.eval_native_labels = bool(native_labels)
-  if overlay_stride < 1:
-    raise ValueError(f'overlay_stride must be >= 1, got {overlay_stride}')
   split = split or config.get('eval_split', 'val')
-  mesh = parallel.make_mesh()
   lanes = int(eval_batch_size or config.get('eval_batch_size', 1))
   devices = mesh.devices.size
   if devices > 1:
     lanes = -(-lanes // devices) * devices
   sequences = data_lib.make_sequences(config.data, split)  # a missing split fails here, before compiling
-  num_classes = data_lib.num_classes(config.data)
-  model = models.build(config.model, num_classes)
-  variables = ckpt.restore_variables(step, mesh)
-  stored_metrics = ckpt.metrics(step)
 
   palette = data_lib.palette(config.data)
   mean, std = config.data.mean, config.data.std
@@ -383,14 +357,14 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, checkpoint: str 
     visualize.save_png(path, visualize.panel(image, frame.prediction, label, palette))
     saved.append(path)
 
-  evaluator = Evaluator(model, config.data, split, lanes=lanes, mesh=mesh,
+  evaluator = Evaluator(run.model, config.data, split, lanes=lanes, mesh=mesh,
                         class_names=data_lib.class_names(config.data))
-  metrics = evaluator.evaluate(variables, callback=save_overlay if overlays > 0 else None)
+  metrics = evaluator.evaluate(run.variables, callback=save_overlay if overlays > 0 else None)
   saved.sort()
   report = {
       'workdir': workdir,
-      'checkpoint': {'which': checkpoint, 'step': step, 'path': ckpt.step_path(step),
-                     'stored_metrics': stored_metrics},
+      'checkpoint': {'which': str(checkpoint), 'step': run.step, 'path': run.checkpoint_path,
+                     'stored_metrics': run.metrics},
       'model': {'temporal': config.model.temporal, 'depth': config.model.depth, 'head': config.model.head},
       'dataset': config.data.name,
       'input_size': list(config.data.eval_size) if config.data.get('eval_size') else 'native',
@@ -402,7 +376,6 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, checkpoint: str 
   }
   if jax.process_index() == 0:
     path = report_path or os.path.join(workdir, f'eval_{split}.json')
-    logging_utils.atomic_write_text(path, json.dumps(report, indent=2) + '\n')
+    atomic_write_text(path, json.dumps(report, indent=2) + '\n')
     report['report_path'] = path
-  ckpt.close()
   return metrics, report

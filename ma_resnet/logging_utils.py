@@ -11,31 +11,15 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 
 import jax
 from absl import logging
 
+from ma_resnet.files import atomic_write_text
+
 METRICS_FILE = 'metrics.jsonl'
 CONFIG_FILE = 'config.json'
-
-
-def atomic_write_text(path: str, text: str) -> None:
-  """Writes `text` to `path` through a temporary file in the same folder and a rename."""
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', dir=folder)
-  try:
-    with os.fdopen(fd, 'w') as f:
-      f.write(text)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
 
 
 def write_config(workdir: str, config) -> None:

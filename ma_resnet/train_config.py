@@ -45,6 +45,11 @@ Fields
 """
 from __future__ import annotations
 
+import ast
+import importlib.util
+import os
+from typing import Any, Mapping, Sequence
+
 import ml_collections
 
 from ma_resnet.data import default_data_config
@@ -90,6 +95,43 @@ def base_config(dataset: str = 'synthetic') -> ml_collections.ConfigDict:
   config.class_balance = 0.0
   config.loss_on_warmup_frames = True
   config.distributed = 'auto'
+  return config
+
+
+def load_config(path: str, overrides: Mapping[str, Any] | Sequence[str] = ()) -> ml_collections.ConfigDict:
+  """The config of an experiment file (`configs/x.py`, or `configs/x.py:arg` for `get_config('arg')`), with
+  dotted overrides: a mapping {'optimizer.lr': 0.01} or strings 'optimizer.lr=0.01' (Python literals; a
+  bare word is a string). The one loader behind train.py, eval.py, predict, the benchmarks and the tests
+  (train.py's `--config.a.b=...` flags are ml_collections' `config_flags`, which load the same files).
+
+  FileNotFoundError when the file does not exist; KeyError naming an override's unknown key.
+  """
+  path, _, argument = os.fspath(path).partition(':')
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'config file {path} does not exist' if not os.path.exists(path)
+                            else f'config {path} is not a file')
+  spec = importlib.util.spec_from_file_location(f'_experiment_{os.path.basename(path)[:-3]}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(argument) if argument else module.get_config()
+  if not isinstance(overrides, Mapping):
+    parsed = {}
+    for item in overrides:
+      key, sep, text = item.partition('=')
+      if not sep:
+        raise ValueError(f'override {item!r} is not key=value')
+      try:
+        parsed[key.strip()] = ast.literal_eval(text)
+      except (ValueError, SyntaxError):
+        parsed[key.strip()] = text
+    overrides = parsed
+  for key in overrides:
+    node, parts = config, key.split('.')
+    for i, part in enumerate(parts):
+      if not hasattr(node, 'keys') or part not in node:
+        raise KeyError(f"config {path} has no field {'.'.join(parts[:i + 1])!r} (override {key!r})")
+      node = node[part]
+  config.update_from_flattened_dict(dict(overrides))
   return config
 
 

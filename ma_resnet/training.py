@@ -1,4 +1,4 @@
-"""Training: model and optimizer from the config, `TrainState`, the loss, a pure `train_step`, and the loop.
+"""Training: `TrainState`, the optimizer and its schedule, the loss, a pure `train_step`.
 
     state, metrics = train_step(state, batch, rng)
 
@@ -16,16 +16,11 @@ Batch norm runs on batch statistics over the *global* batch (see `ma_resnet.para
 that cannot reach the loss (`models.build` builds only what the head reads), so every running statistic is
 updated. `config.model.remat` rematerialises each backbone stage.
 
-`train_and_evaluate(config, workdir)` is the loop behind `train.py`: data, state, resume, steps, logging,
-evaluation, checkpoints. See `train.py` for the command line and README-level behaviour.
+The loop that runs it (`train_and_evaluate`) is `ma_resnet.loop`, above this module and `ma_resnet.evaluation`.
 """
 from __future__ import annotations
 
-import dataclasses
-import json
-import os
-import time
-from typing import Any, Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -33,18 +28,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from absl import logging
-from flax import struct
+from flax.training import train_state
 
-from ma_resnet import checkpoints as checkpoints_lib
-from ma_resnet import data as data_lib
-from ma_resnet import evaluation
-from ma_resnet import logging_utils
 from ma_resnet import parallel
-from ma_resnet import train_config
-from ma_resnet import models
+from ma_resnet.data import IGNORE_INDEX
 
-IGNORE_INDEX = data_lib.IGNORE_INDEX
 
 
 class TrainingError(RuntimeError):
@@ -95,15 +83,9 @@ def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule
   return optax.chain(*parts)
 
 
-@struct.dataclass
-class TrainState:
-  """Everything that changes during training (a pytree), plus the static model/optimizer functions."""
-  step: jax.Array
-  params: Any
-  batch_stats: Any
-  opt_state: Any
-  apply_fn: Callable = struct.field(pytree_node=False)
-  tx: optax.GradientTransformation = struct.field(pytree_node=False)
+class TrainState(train_state.TrainState):
+  """flax's `TrainState` (step, params, opt_state; static apply_fn and tx) with the batch-norm statistics."""
+  batch_stats: Any = None
 
   @property
   def variables(self) -> dict:
@@ -130,9 +112,9 @@ def _initial_state_fn(config: ml_collections.ConfigDict, model: nn.Module, tx: o
 
   def init(rng):
     variables = init_variables(model, rng, clip_shape)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
-                      batch_stats=variables['batch_stats'], opt_state=tx.init(variables['params']),
-                      apply_fn=model.apply, tx=tx)
+    state = TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
+                              batch_stats=variables['batch_stats'])
+    return state.replace(step=jnp.zeros((), jnp.int32))
   return init
 
 
@@ -231,10 +213,7 @@ def make_train_step(config: ml_collections.ConfigDict, schedule: optax.Schedule,
       return loss, aux
 
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    new_state = state.replace(step=state.step + 1, params=params, batch_stats=aux.pop('batch_stats'),
-                              opt_state=opt_state)
+    new_state = state.apply_gradients(grads=grads, batch_stats=aux.pop('batch_stats'))
     metrics = {'loss': loss, 'lr': jnp.asarray(schedule(state.step), jnp.float32),
                'grad_norm': optax.global_norm(grads), **aux}
     return new_state, metrics
@@ -249,172 +228,3 @@ def all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# The loop.
-
-
-@dataclasses.dataclass
-class TrainResult:
-  step: int
-  eval_metrics: dict | None
-  seconds: float
-
-
-def _local_batch_size(config, mesh) -> int:
-  return parallel.check_batch_size(int(config.batch_size), mesh)
-
-
-def _eval_lanes(config, mesh) -> int:
-  devices = mesh.devices.size
-  lanes = int(config.eval_batch_size)
-  return -(-lanes // devices) * devices if devices > 1 else lanes
-
-
-def prepare(config: ml_collections.ConfigDict, mesh):
-  """Everything that can fail on the inputs, before anything is written: config, data, model, state shapes.
-
-  Returns (num_classes, train iterator, model, tx, schedule, class_weights (None when class_balance is 0)).
-  """
-  train_config.validate(config)
-  local_batch = _local_batch_size(config, mesh)
-  num_classes = data_lib.num_classes(config.data)
-  train_iter = data_lib.make_train_iterator(config.data, batch_size=local_batch, seed=int(config.seed),
-                                            shard_index=jax.process_index(), shard_count=jax.process_count())
-  data_lib.make_sequences(config.data, config.eval_split)  # the evaluation split must exist too
-  model = models.build(config.model, num_classes)
-  schedule = learning_rate_schedule(config)
-  tx = make_optimizer(config, schedule)
-  class_weights = None
-  if config.class_balance:
-    counts = data_lib.class_pixel_counts(config.data, config.data.split)
-    class_weights = class_balance_weights(counts, config.class_balance)
-    logging.info('Class weights (class_balance %g): %s', config.class_balance,
-                 ', '.join(f'{n} {w:.3f}' for n, w in zip(data_lib.class_names(config.data), class_weights)))
-  return num_classes, train_iter, model, tx, schedule, class_weights
-
-
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = True,
-                       mesh=None) -> TrainResult:
-  """Trains `config` in `workdir`, resuming from its latest checkpoint; see `train.py`.
-
-  Order of events, so that a bad input never touches the workdir: config check, dataset and model built,
-  existing checkpoint checked against the model (mismatch: `checkpoints.CheckpointMismatchError`),
-  `init_from` loaded; only then are config.json, logs and checkpoints written.
-  """
-  start_time = time.time()
-  workdir = os.path.abspath(workdir)
-  mesh = mesh or parallel.make_mesh()
-  num_classes, train_iter, model, tx, schedule, class_weights = prepare(config, mesh)
-  has_memory = config.model.temporal != 'plain'
-  rng = jax.random.key(int(config.seed))
-  init_rng, step_rng = jax.random.split(rng)
-
-  ckpt = checkpoints_lib.TrainCheckpoints(os.path.join(workdir, checkpoints_lib.CHECKPOINT_DIR),
-                                          keep=int(config.keep_checkpoints))
-  abstract_state = abstract_train_state(config, model, tx)
-  latest = ckpt.latest_step()
-  if latest is not None:
-    ckpt.check_compatible(latest, abstract_state, config)  # raises before anything is written
-    state = ckpt.restore(latest, abstract_state, train_iter, mesh)
-    logging.info('Resumed from %s (step %d)', ckpt.step_path(latest), int(state.step))
-    resumed_from = int(state.step)
-  else:
-    state = create_train_state(config, model, tx, init_rng, mesh)
-    if config.init_from:
-      state = checkpoints_lib.load_pretrained_encoder(state, config.init_from, config.model, mesh)
-      logging.info('Encoder initialised from %s', config.init_from)
-    resumed_from = 0
-
-  # From here on the workdir is written.
-  writer = logging_utils.MetricWriter(workdir, resume_step=resumed_from)
-  logging_utils.write_config(workdir, config)
-  ckpt.open_for_writing(config)
-
-  train_step = make_train_step(config, schedule, has_memory, class_weights)
-  replicated = parallel.replicated(mesh)
-  p_train_step = jax.jit(train_step, in_shardings=(replicated, parallel.data_sharding(mesh), replicated),
-                         out_shardings=(replicated, replicated),
-                         donate_argnums=(0,) if jax.default_backend() != 'cpu' else ())
-  p_all_finite = jax.jit(all_finite, out_shardings=replicated)
-  step_rng = parallel.replicate(step_rng, mesh)
-
-  evaluator = evaluation.Evaluator(model, config.data, config.eval_split, lanes=_eval_lanes(config, mesh),
-                                   mesh=mesh, class_names=data_lib.class_names(config.data))
-  num_steps = int(config.num_steps)
-  step = int(state.step)
-  eval_metrics = None
-  bar = logging_utils.ProgressBar(total=num_steps, initial=step, enabled=progress)
-  pending = []  # per-step device metrics since the last log
-  timer = logging_utils.StepTimer(step)
-
-  def check_finite(what_step: int):
-    if not bool(p_all_finite(state.params)):
-      raise NonFiniteLossError(f'parameters became NaN/inf by step {what_step}')
-
-  try:
-    if step >= num_steps:
-      logging.info('Already at step %d >= num_steps %d: nothing to train.', step, num_steps)
-    while step < num_steps:
-      batch = parallel.shard_batch(next(train_iter), mesh)
-      state, metrics = p_train_step(state, batch, step_rng)
-      step += 1
-      pending.append((step, metrics))
-      is_last = step == num_steps
-      do_eval = config.eval_every >= 0 and (is_last or (config.eval_every > 0 and step % config.eval_every == 0))
-      do_save = is_last or step % config.checkpoint_every == 0 or do_eval
-      if step % config.log_every == 0 or do_save:
-        summary = _flush_metrics(pending, writer, bar, timer, step)
-        pending = []
-        if not summary['finite']:
-          raise NonFiniteLossError(f"loss is {summary['bad_value']} at step {summary['bad_step']}")
-      if do_eval:
-        check_finite(step)
-        eval_metrics = evaluator.evaluate(state.variables)
-        writer.write_scalars(step, {f'eval/{k}': v for k, v in eval_metrics.scalars().items()})
-        logging.info('step %d: %s mIoU %.4f, pixel accuracy %.4f (%.1f frames/s)', step, config.eval_split,
-                     eval_metrics.miou, eval_metrics.pixel_accuracy, eval_metrics.frames_per_second)
-        bar.write(f'step {step}: {config.eval_split} mIoU {eval_metrics.miou:.4f} '
-                  f'pixel accuracy {eval_metrics.pixel_accuracy:.4f}')
-      if do_save:
-        check_finite(step)
-        ckpt.save(step, state, train_iter,
-                  metrics={'miou': float(eval_metrics.miou)} if do_eval else None)
-  except NonFiniteLossError as e:
-    ckpt.wait()
-    kept = ckpt.latest_step()
-    where = f'{ckpt.step_path(kept)} (step {kept})' if kept is not None else 'no checkpoint'
-    raise NonFiniteLossError(f'Training stopped: {e}. Nothing was saved after the last good checkpoint; '
-                             f'kept: {where}. Lower optimizer.lr, add optimizer.warmup or '
-                             f'optimizer.grad_clip_norm.') from None
-  finally:
-    bar.close()
-    ckpt.close()
-    writer.close()
-  seconds = time.time() - start_time
-  result = TrainResult(step=step, eval_metrics=eval_metrics.to_json() if eval_metrics else None,
-                       seconds=seconds)
-  if jax.process_index() == 0:
-    logging_utils.atomic_write_text(os.path.join(workdir, 'train_result.json'),
-                                    json.dumps(dataclasses.asdict(result), indent=2) + '\n')
-  return result
-
-
-def _flush_metrics(pending, writer, bar, timer, step) -> dict:
-  """Fetches the pending per-step metrics, logs them (one JSON line per step, means to TensorBoard and the
-  progress bar) and checks that every loss is finite (the steps after a non-finite one are not logged)."""
-  host = []
-  for s, m in pending:
-    m = {k: float(v) for k, v in jax.device_get(m).items()}
-    if not np.isfinite(m['loss']):
-      for s_good, m_good in host:
-        writer.write_jsonl(s_good, m_good)
-      return {'finite': False, 'bad_step': s, 'bad_value': m['loss']}
-    host.append((s, m))
-  for s, m in host:  # one JSON line per step: exact losses, for comparisons between runs
-    writer.write_jsonl(s, m)
-  mean = {k: float(np.mean([m[k] for _, m in host])) for k in host[-1][1]}
-  mean['lr'] = host[-1][1]['lr']
-  mean['steps_per_second'] = rate = timer.steps_per_second(step)
-  writer.write_scalars(step, {f'train/{k}': v for k, v in mean.items()})
-  bar.update_to(step, loss=mean['loss'], lr=mean['lr'], steps_per_s=rate)
-  return {'finite': True}

@@ -10,10 +10,11 @@ Ignored pixels (255, or any id outside the palette) are drawn black in `colorize
 from __future__ import annotations
 
 import os
-import tempfile
 
 import numpy as np
 from PIL import Image
+
+from ma_resnet.files import atomic_path
 
 IGNORE_INDEX = 255
 IGNORE_COLOR = (0, 0, 0)
@@ -85,17 +86,23 @@ def panel(image: np.ndarray, prediction: np.ndarray, label: np.ndarray | None, p
 def save_png(path: str, array: np.ndarray) -> str:
   """Writes an (H, W, 3) or (H, W) uint8 array as PNG, atomically (temporary file + rename)."""
   path = os.path.abspath(path)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path), suffix='.png', dir=os.path.dirname(path))
-  os.close(fd)
-  try:
+  with atomic_path(path) as tmp:
     Image.fromarray(np.asarray(array, np.uint8)).save(tmp, format='PNG')
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
   return path
+
+
+def label_image(labels: np.ndarray, palette: np.ndarray | None = None) -> Image.Image:
+  """A palette-mode ('P') PIL image of class ids (H, W) < 256; `palette` (K, 3) gives the display colours."""
+  labels = np.asarray(labels)
+  if labels.size and (labels.min() < 0 or labels.max() > 255):
+    raise ValueError('class ids must be in 0..255 for a PNG label image')
+  image = Image.fromarray(labels.astype(np.uint8), mode='P')
+  if palette is not None:
+    flat = np.zeros((256, 3), np.uint8)
+    palette = np.asarray(palette, np.uint8)[:256]
+    flat[:len(palette)] = palette
+    image.putpalette(flat.ravel().tolist())
+  return image
 
 
 def legend(class_names, palette: np.ndarray, swatch: int = 16) -> np.ndarray:

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from ma_resnet import files
 from ma_resnet.convert import ConversionError, load_converted, save_converted
 from ma_resnet.convert import checkpoint_io
 from ma_resnet.convert.__main__ import main as cli_main
@@ -271,7 +272,7 @@ def test_save_converted_writes_nothing_on_failure(tmp_path, monkeypatch):
   def fail(*args):
     raise OSError('simulated failure')
 
-  monkeypatch.setattr(checkpoint_io.os, 'rename', fail)
+  monkeypatch.setattr(files.os, 'replace', fail)
   with pytest.raises(OSError, match='simulated'):
     save_converted(variables, {'format': checkpoint_io.FORMAT}, tmp_path / 'new' / 'out')
   assert os.listdir(tmp_path) == []

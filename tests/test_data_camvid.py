@@ -39,7 +39,7 @@ def test_frame_name_parsing():
 
 
 def test_test_split_in_the_same_layout(tmp_path):
-  from ma_resnet.data.fake_trees import write_camvid_tree
+  from fake_trees import write_camvid_tree
   write_camvid_tree(tmp_path, {"test": {"Seq05VD": ["f00030", "f00000"], "0001TP": ["008550", "008580"]}})
   test = CamVidSequences(tmp_path, "test")
   assert test.sequence_names == ("0001TP", "Seq05VD") and test.sequence_lengths == (2, 2)

@@ -12,7 +12,7 @@ from ma_resnet.data import (CITYSCAPES_CLASS_NAMES, CITYSCAPES_PALETTE, IMAGENET
                             CityscapesSequences, DataError, DataNotFoundError, class_names, close_iterator,
                             default_data_config, make_eval_stream, make_sequences, make_train_iterator, num_classes,
                             palette)
-from ma_resnet.data.fake_trees import write_cityscapes_tree
+from fake_trees import write_cityscapes_tree
 from ma_resnet.data.image_files import read_rgb_image
 
 # 2 cities and 3 snippets per split; frankfurt's video 000000 holds two snippets, as in the real val split.

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from ma_resnet.data import CamVidSequences, DataError, DataNotFoundError, default_data_config, make_train_iterator
-from ma_resnet.data.fake_trees import write_camvid_tree
+from fake_trees import write_camvid_tree
 
 SPLITS = {"train": {"0001TP": ["006690", "006720", "006750"], "0006R0": ["f00930", "f00960"]},
           "val": {"0016E5": ["07959", "07961"]}}

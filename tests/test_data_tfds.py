@@ -12,7 +12,7 @@ import pytest
 tfds = pytest.importorskip("tensorflow_datasets")
 
 from ma_resnet.data import default_data_config, make_eval_stream, make_train_iterator  # noqa: E402
-from ma_resnet.data.fake_trees import write_vspw_tree  # noqa: E402
+from fake_trees import write_vspw_tree  # noqa: E402
 
 CAMVID_SPLITS = {"train": {"0001TP": ["006720", "006690", "006750"], "0006R0": ["f00930", "f00960"]},
                  "val": {"0016E5": ["07959", "07961"]}}
@@ -42,7 +42,7 @@ ROUND_TRIP = textwrap.dedent("""
     import numpy as np
     import tensorflow_datasets as tfds
     from ma_resnet.data import CamVidSequences
-    from ma_resnet.data.fake_trees import write_camvid_tree
+    from fake_trees import write_camvid_tree
     from ma_resnet.data.tfds_builders import CamvidVideo, prepare_dataset
     tfds.disable_progress_bar()
     manual_dir, data_dir = sys.argv[1], sys.argv[2]
@@ -71,7 +71,8 @@ ROUND_TRIP = textwrap.dedent("""
 def test_round_trip_without_tensorflow(tmp_path):
   result = subprocess.run(
       [sys.executable, "-c", ROUND_TRIP, str(tmp_path / "camvid"), str(tmp_path / "tfds"), json.dumps(CAMVID_SPLITS)],
-      capture_output=True, text=True, timeout=120)
+      capture_output=True, text=True, timeout=120,
+      env={**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")])})
   assert result.returncode == 0, result.stderr[-3000:]
   checks = json.loads(result.stdout.strip().splitlines()[-1])
   assert checks["splits"] == ["train", "val"]

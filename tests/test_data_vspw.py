@@ -8,7 +8,7 @@ from PIL import Image
 
 from ma_resnet.data import (VSPW_CLASS_NAMES, VSPW_PALETTE, VSPW_PERSON_CLASS, DataError, DataNotFoundError, VspwSequences,
                             default_data_config, make_train_iterator, num_classes)
-from ma_resnet.data.fake_trees import write_vspw_tree
+from fake_trees import write_vspw_tree
 from ma_resnet.data.image_files import read_rgb_image
 
 

@@ -1,4 +1,5 @@
-"""Video inference: `python -m ma_resnet.predict`, `predict_file`, `predict_video`, `load_model`.
+"""Video inference: `python -m ma_resnet.predict` / `predict.py`, `inference.predict_file`, `predict_video`,
+`checkpoints.load_run`.
 
 Nothing is trained: the run folder holds a checkpoint of the tiny `configs/test.py` model written through the
 project's checkpoint API (`TrainCheckpoints.save`) with random (He-initialised, numpy) parameters, which is
@@ -9,7 +10,6 @@ expected overlay (mean absolute difference), since compression changes colours.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -22,7 +22,7 @@ from PIL import Image
 
 pytest.importorskip('imageio_ffmpeg', reason='video inference needs imageio-ffmpeg (pip install imageio-ffmpeg)')
 
-from ma_resnet import models, predict, video_io, visualize  # noqa: E402
+from ma_resnet import checkpoints, inference, models, predict, train_config, video_io, visualize  # noqa: E402
 from ma_resnet.data import SyntheticVideo  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,10 +31,7 @@ NUM_FRAMES, HEIGHT, WIDTH = 8, 48, 64
 
 
 def _test_config():
-  spec = importlib.util.spec_from_file_location('_predict_test_config', TEST_CONFIG)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return train_config.load_config(TEST_CONFIG)
 
 
 def _write_random_run(workdir: str, config) -> None:
@@ -83,7 +80,9 @@ def run(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def loaded(run):
-  return predict.load_model(workdir=run.workdir)
+  restored = checkpoints.load_run(run.workdir)
+  return types.SimpleNamespace(**vars(restored), **inference.input_settings(restored.config)._asdict(),
+                               run=restored)
 
 
 def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -93,8 +92,8 @@ def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 
 def _api_labels(loaded, frames, **kwargs) -> np.ndarray:
-  return np.stack([p.labels for p in predict.predict_video(loaded.model, loaded.variables, frames,
-                                                           mean=loaded.mean, std=loaded.std, **kwargs)])
+  return np.stack([p.labels for p in inference.predict_video(loaded.model, loaded.variables, frames,
+                                                             mean=loaded.mean, std=loaded.std, **kwargs)])
 
 
 def _leftovers(folder: str) -> list[str]:
@@ -115,7 +114,7 @@ def test_cli_overlay_video_and_label_pngs_are_exact(run, loaded, tmp_path):
   images = [Image.open(os.path.join(labels_dir, n)) for n in names]
   assert all(i.mode == 'P' for i in images)
   labels = np.stack([np.asarray(i) for i in images])
-  assert labels.max() < loaded.num_classes
+  assert labels.max() < len(loaded.class_names)
   # alpha=1, lossless: every output pixel is exactly the palette colour of its label.
   np.testing.assert_array_equal(video, loaded.palette[labels])
   # The command line computes what the Python API computes, frame by frame.
@@ -141,7 +140,7 @@ def test_default_codec_odd_size_and_model_size(run, loaded, tmp_path):
   frames = run.frames[:, :45, :61]  # odd sizes: H.264 in yuv444p, no padding
   video = video_io.write_video(str(tmp_path / 'odd.mkv'), frames, fps=6, lossless=True)
   out, labels_dir = str(tmp_path / 'odd_out.mp4'), str(tmp_path / 'odd_labels')
-  summary = predict.predict_file(loaded, video, out, labels_dir=labels_dir, size=(32, 48), alpha=0.5,
+  summary = inference.predict_file(loaded.run, video, out, labels_dir=labels_dir, size=(32, 48), alpha=0.5,
                                  progress=False)
   assert (summary.frames, summary.size, summary.model_size) == (NUM_FRAMES, (45, 61), (32, 48))
   written = video_io.read_video(out)
@@ -162,7 +161,7 @@ def test_folder_of_frames_in_natural_order(run, loaded, tmp_path):
     Image.fromarray(frame).save(folder / f'f{i}.png')
   (folder / 'notes.txt').write_text('not a frame')
   out, labels_dir = str(tmp_path / 'folder.mp4'), str(tmp_path / 'folder_labels')
-  summary = predict.predict_file(loaded, str(folder), out, labels_dir=labels_dir, alpha=1.0, lossless=True,
+  summary = inference.predict_file(loaded.run, str(folder), out, labels_dir=labels_dir, alpha=1.0, lossless=True,
                                  progress=False)
   assert summary.frames == len(frames) and summary.fps == video_io.DEFAULT_FPS
   assert sorted(os.listdir(labels_dir)) == sorted(f'f{i}.png' for i in range(1, len(frames) + 1))
@@ -223,13 +222,18 @@ def test_bad_inputs_are_one_clear_error_and_nothing_is_written(run, tmp_path, ca
     assert 'model.depth: 18 in the checkpoint\'s run, 34 in the config used' in result.stderr
 
 
-def test_load_model_restores_the_run_and_checks_the_tree(run, loaded):
-  assert loaded.step == 0 and loaded.checkpoint_path == run.step_dir
-  assert loaded.num_classes == 4 and loaded.palette.shape == (4, 3)
+def test_load_run_restores_the_run_and_checks_the_tree(run, loaded):
+  assert loaded.step == 0 and loaded.checkpoint_path == run.step_dir and loaded.run_dir == run.workdir
+  assert len(loaded.class_names) == 4 and loaded.palette.shape == (4, 3)
   assert (loaded.mean, loaded.std) == (tuple(run.config.data.mean), tuple(run.config.data.std))
-  same = predict.load_model(checkpoint=run.step_dir)  # a step folder alone: its stored config
+  same = checkpoints.load_run(run.step_dir)  # a step folder alone: its stored config
   assert same.config.model.to_dict() == loaded.config.model.to_dict()
-  with pytest.raises(predict.CheckpointError, match='no checkpoint of step 7'):
-    predict.load_model(workdir=run.workdir, checkpoint='7')
-  with pytest.raises(predict.CheckpointError, match='not a checkpoint'):
-    predict.load_model(checkpoint=run.root)
+  assert checkpoints.load_run(os.path.join(run.workdir, 'checkpoints'), 'latest').step == 0
+  with pytest.raises(checkpoints.CheckpointError, match='no checkpoint of step 7'):
+    checkpoints.load_run(run.workdir, 7)
+  with pytest.raises(checkpoints.CheckpointError, match="expected 'best', 'latest' or a step number"):
+    checkpoints.load_run(run.workdir, 'abc')
+  with pytest.raises(checkpoints.CheckpointError, match='not a checkpoint'):
+    checkpoints.load_run(run.root)
+  with pytest.raises(checkpoints.CheckpointError, match='selects a step of a run'):
+    predict.load(None, '7')

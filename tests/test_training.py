@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import test_training_support as support
-from ma_resnet import checkpoints, evaluation, models, training
+from ma_resnet import checkpoints, evaluation, loop, models, training
+from ma_resnet import data as data_lib
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -207,7 +208,7 @@ def test_four_devices_match_one_device():
   assert worst <= 1e-5, worst
   # The sharded evaluation scores the 4-device checkpoint as a 1-device evaluation does.
   config = support.load_test_config()
-  model = models.build(config.model, training.data_lib.num_classes(config.data))
+  model = models.build(config.model, data_lib.num_classes(config.data))
   metrics = evaluation.Evaluator(model, config.data, 'val', lanes=1).evaluate(b)
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     sharded = [json.loads(line) for line in f if 'eval/miou' in line][-1]
@@ -231,7 +232,7 @@ def test_unfinished_checkpoint_is_ignored_and_training_resumes_from_the_previous
   store.close()
 
   config = support.load_test_config(num_steps=last)
-  result = training.train_and_evaluate(config, workdir, progress=False)
+  result = loop.train_and_evaluate(config, workdir, progress=False)
   assert result.step == last
   assert not any('orbax-checkpoint-tmp' in n for n in os.listdir(ckpt_dir))
   ref, got = support.read_metrics(reference), support.read_metrics(workdir)
@@ -264,12 +265,12 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(monkeypatch)
   reference = support.reference_run()
   last = support.REFERENCE_STEPS
   workdir = support.copy_workdir(reference, 'nan')
-  original = training.data_lib.make_train_iterator
-  monkeypatch.setattr(training.data_lib, 'make_train_iterator',
+  original = loop.data_lib.make_train_iterator
+  monkeypatch.setattr(loop.data_lib, 'make_train_iterator',
                       lambda *a, **k: _PoisonedIterator(original(*a, **k), after=1))
   config = support.load_test_config(num_steps=last + 6, log_every=4)
   with pytest.raises(training.NonFiniteLossError, match=rf'loss is nan at step {last + 2}.*kept.*step {last}'):
-    training.train_and_evaluate(config, workdir, progress=False)
+    loop.train_and_evaluate(config, workdir, progress=False)
   store = checkpoints.TrainCheckpoints(os.path.join(workdir, 'checkpoints'))
   assert store.latest_step() == last
   variables = store.restore_variables(last)
@@ -282,7 +283,7 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(monkeypatch)
 def test_checkpoints_keep_the_latest_and_the_best_and_restore_the_data_position(tmp_path):
   config = support.load_test_config()
   state = {'step': jnp.zeros((), jnp.int32), 'params': {'w': jnp.arange(3.0)}}
-  iterator = training.data_lib.make_train_iterator(config.data, batch_size=2, seed=0, shard_index=0,
+  iterator = data_lib.make_train_iterator(config.data, batch_size=2, seed=0, shard_index=0,
                                                    shard_count=1)
   store = checkpoints.TrainCheckpoints(str(tmp_path / 'checkpoints'), keep=2)
   assert store.latest_step() is None and not (tmp_path / 'checkpoints').exists()  # reading writes nothing
@@ -297,7 +298,7 @@ def test_checkpoints_keep_the_latest_and_the_best_and_restore_the_data_position(
   assert reader.best_step() == 2 and reader.latest_step() == 8
   assert reader.stored_config(8)['num_steps'] == config.num_steps
   # The iterator restored from step 8 continues with the 5th batch, as the saved one would.
-  fresh = training.data_lib.make_train_iterator(config.data, batch_size=2, seed=0, shard_index=0, shard_count=1)
+  fresh = data_lib.make_train_iterator(config.data, batch_size=2, seed=0, shard_index=0, shard_count=1)
   restored = reader.restore(8, jax.eval_shape(lambda: state), fresh)
   np.testing.assert_array_equal(np.asarray(restored['params']['w']), np.arange(3.0) + 8)
   np.testing.assert_array_equal(next(fresh)['frames'], next(iterator)['frames'])

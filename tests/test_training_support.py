@@ -7,7 +7,6 @@ session and shared; tests copy its workdir before changing anything. Compilation
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -16,6 +15,8 @@ import sys
 import tempfile
 
 import jax
+
+from ma_resnet import train_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEST_CONFIG = os.path.join(REPO, 'configs', 'test.py')
@@ -39,17 +40,7 @@ def session_dir() -> str:
 
 def load_test_config(**overrides):
   """configs/test.py's config with dotted overrides, e.g. load_test_config(**{'optimizer.lr': 0.1})."""
-  spec = importlib.util.spec_from_file_location('test_config', TEST_CONFIG)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  for key, value in overrides.items():
-    node = config
-    parts = key.split('.')
-    for part in parts[:-1]:
-      node = node[part]
-    node[parts[-1]] = value
-  return config
+  return train_config.load_config(TEST_CONFIG, overrides)
 
 
 def subprocess_env(devices: int = 1) -> dict:

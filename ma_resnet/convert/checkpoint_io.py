@@ -22,12 +22,12 @@ import datetime
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
+
+from ma_resnet.files import atomic_path
 
 FORMAT = 'ma_resnet.converted/v1'
 VARIABLES_DIR = 'variables'
@@ -265,8 +265,8 @@ def save_converted(variables: Mapping[str, Any], metadata: Mapping[str, Any], ou
                    ) -> str:
   """Writes `variables` (Orbax) and `metadata` (JSON) to `out_dir`, all or nothing.
 
-  Everything is written into a temporary sibling directory that is renamed to `out_dir` at the end; on any
-  error it is removed (as are parent directories created here). `out_dir` must not exist or be an empty
+  Everything is written into a temporary sibling directory that is renamed to `out_dir` at the end
+  (`files.atomic_path`); on any error it is removed (as are parent directories created here). `out_dir` must not exist or be an empty
   directory. Returns the absolute path of `out_dir`.
   """
   import orbax.checkpoint as ocp
@@ -277,36 +277,13 @@ def save_converted(variables: Mapping[str, Any], metadata: Mapping[str, Any], ou
   if missing:
     raise ConversionError(f'variables lack the collections {missing}')
   text = json.dumps(metadata, indent=2, sort_keys=True) + '\n'  # fails before anything is written
-  parent = os.path.dirname(out_dir)
-  created = []
-  p = parent
-  while not os.path.exists(p):
-    created.append(p)
-    p = os.path.dirname(p)
-  tmp = None
-  try:
-    for d in reversed(created):
-      os.mkdir(d)
-    tmp = tempfile.mkdtemp(prefix=f'.{os.path.basename(out_dir)}.tmp-', dir=parent)
-    tree = {c: variables[c] for c in COLLECTIONS}
+  tree = {c: variables[c] for c in COLLECTIONS}
+  with atomic_path(out_dir, folder=True) as tmp:
     with ocp.StandardCheckpointer() as ckptr:
       ckptr.save(os.path.join(tmp, VARIABLES_DIR), tree)
       ckptr.wait_until_finished()
     with open(os.path.join(tmp, METADATA_FILE), 'w') as f:
       f.write(text)
-    if os.path.isdir(out_dir):
-      os.rmdir(out_dir)  # empty (checked above); fails, and we clean up, if something appeared meanwhile
-    os.rename(tmp, out_dir)
-    tmp = None
-  except BaseException:
-    if tmp is not None:
-      shutil.rmtree(tmp, ignore_errors=True)
-    for d in created:  # deepest first
-      try:
-        os.rmdir(d)
-      except OSError:
-        break
-    raise
   return out_dir
 
 

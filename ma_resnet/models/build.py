@@ -18,13 +18,15 @@ import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
+from ma_resnet.models.attention import DEFAULT_CHUNK
 from ma_resnet.models.backbones.resnet import ResNet
 from ma_resnet.models.heads import (ClassifierHead, DeepLabV3PlusHead, DNLHead, FCNHead, PSPHead, SFNetHead,
                                     auxiliary_fcn_head, head_factory, stages_read)
+from ma_resnet.models.layers import PRECISIONS, lax_precision
 from ma_resnet.models.segmenter import VideoSegmenter
 from ma_resnet.models.temporal import PCMA, TMA, PCMAOptions, Plain, TMAOptions
 
-# head name -> factory(num_classes, dtype, **head_options) -> head module
+# head name -> factory(num_classes, dtype, precision=None, **head_options) -> head module
 HEADS: dict[str, Callable[..., Any]] = {
     'deeplabv3plus': head_factory('deeplabv3plus', DeepLabV3PlusHead),
     'pspnet': head_factory('pspnet', PSPHead),
@@ -33,7 +35,7 @@ HEADS: dict[str, Callable[..., Any]] = {
     'fcn': head_factory('fcn', FCNHead),
     'classifier': head_factory('classifier', ClassifierHead),
 }
-# auxiliary head name -> factory(num_classes, dtype) -> head module (training only)
+# auxiliary head name -> factory(num_classes, dtype, precision=None) -> head module (training only)
 AUX_HEADS: dict[str, Callable[..., Any]] = {
     'fcn': auxiliary_fcn_head,  # mmseg's auxiliary FCNHead on stage3 (one conv, C/4 = 256 channels on ResNet50)
 }
@@ -59,6 +61,7 @@ def default_model_config() -> ml_collections.ConfigDict:
       'aux_head': '',             # '' (none) or a name in AUX_HEADS, on stage3 (training only)
       'align_corners': False,     # of the logits' bilinear resize to the input size
       'dtype': 'float32',         # compute dtype: 'float32' | 'bfloat16' (parameters stay float32)
+      'precision': 'default',     # of every convolution and matmul: 'default' | 'high' | 'highest' (layers.py)
       'remat': False,             # rematerialise each backbone stage in the backward pass
       'pcma': ml_collections.ConfigDict({
           'stages': ('stage1',),
@@ -71,6 +74,8 @@ def default_model_config() -> ml_collections.ConfigDict:
           'detach_memory': True,
           'warmup': 'full',
           'feed_forward': False,
+          'attention': 'auto',    # 'auto' | 'dense' | 'chunked' | 'fused' (models/attention.py)
+          'attention_chunk': DEFAULT_CHUNK,
       }),
       'tma': ml_collections.ConfigDict({
           'memory_length': 2,
@@ -80,6 +85,8 @@ def default_model_config() -> ml_collections.ConfigDict:
           'stage': 'stage4',
           'matmul_norm': False,
           'detach_memory': False,
+          'attention': 'auto',
+          'attention_chunk': DEFAULT_CHUNK,
       }),
   })
 
@@ -109,7 +116,7 @@ def _choice(config: Mapping, key: str, allowed) -> Any:
   return value
 
 
-def _pcma(config: Mapping, backbone: ResNet, heads_read: set[str], dtype) -> PCMA:
+def _pcma(config: Mapping, backbone: ResNet, heads_read: set[str], dtype, precision=None) -> PCMA:
   options = dict(config['pcma'])
   options['stages'] = tuple(options['stages'])
   options = PCMAOptions(**options)
@@ -124,21 +131,21 @@ def _pcma(config: Mapping, backbone: ResNet, heads_read: set[str], dtype) -> PCM
                       '(model.pcma.stages=%s).', unread, sorted(heads_read), options.stages)
       options = PCMAOptions(**{**options.__dict__, 'stages': tuple(s for s in options.stages if s in heads_read)})
   channels = backbone.feature_shapes((64, 64))
-  return PCMA(options, tuple(channels[s][2] for s in options.stages), dtype=dtype)
+  return PCMA(options, tuple(channels[s][2] for s in options.stages), dtype=dtype, precision=precision)
 
 
-def _tma(config: Mapping, backbone: ResNet, heads_read: set[str], dtype) -> TMA:
+def _tma(config: Mapping, backbone: ResNet, heads_read: set[str], dtype, precision=None) -> TMA:
   del backbone
   options = TMAOptions(**dict(config['tma']))
   if options.stage not in heads_read:
     raise ValueError(f'model.tma.stage={options.stage!r} is not read by the head (it reads {sorted(heads_read)}):'
                      " TMANet's head is model.head='classifier' with head_options.in_stage = model.tma.stage")
-  return TMA(options, dtype=dtype)
+  return TMA(options, dtype=dtype, precision=precision)
 
 
-# temporal module name -> factory(model config, backbone, maps the heads read, dtype) -> TemporalModule
+# temporal module name -> factory(model config, backbone, maps the heads read, dtype, precision) -> TemporalModule
 TEMPORAL_MODULES: dict[str, Callable[..., Any]] = {
-    'plain': lambda config, backbone, heads_read, dtype: Plain(),
+    'plain': lambda config, backbone, heads_read, dtype, precision=None: Plain(),
     'pcma': _pcma,
     'tma': _tma,
 }
@@ -149,17 +156,18 @@ def build(config: Mapping, num_classes: int) -> VideoSegmenter:
   temporal_name = _choice(config, 'temporal', TEMPORAL_MODULES)
   head_name = _choice(config, 'head', HEADS)
   dtype = DTYPES[_choice(config, 'dtype', DTYPES)]
+  precision = lax_precision(_choice(config, 'precision', PRECISIONS) if 'precision' in config else 'default')
   multi_grid = config.get('multi_grid')
   backbone = ResNet(depth=config['depth'], variant=config['variant'], output_stride=config['output_stride'],
                     multi_grid=tuple(multi_grid) if multi_grid else None,
                     contract_dilation=bool(config.get('contract_dilation', False)),
-                    remat=bool(config.get('remat', False)), dtype=dtype)
+                    remat=bool(config.get('remat', False)), dtype=dtype, precision=precision)
   head_options = dict(config.get('head_options') or {})
-  head = HEADS[head_name](num_classes, dtype, **head_options)
+  head = HEADS[head_name](num_classes, dtype, precision, **head_options)
   aux_head = None
   if config.get('aux_head'):
-    aux_head = AUX_HEADS[_choice(config, 'aux_head', AUX_HEADS)](num_classes, dtype)
+    aux_head = AUX_HEADS[_choice(config, 'aux_head', AUX_HEADS)](num_classes, dtype, precision)
   heads_read = set(stages_read(head)) | (set(stages_read(aux_head)) if aux_head is not None else set())
-  temporal = TEMPORAL_MODULES[temporal_name](config, backbone, heads_read, dtype)
+  temporal = TEMPORAL_MODULES[temporal_name](config, backbone, heads_read, dtype, precision)
   return VideoSegmenter(backbone=backbone, temporal=temporal, head=head, num_classes=num_classes,
                         aux_head=aux_head, align_corners=bool(config.get('align_corners', False)))

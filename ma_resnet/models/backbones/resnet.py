@@ -89,10 +89,11 @@ class Block(nn.Module):
   avg_down: bool = False  # vd: 2x2 average pool before the 1x1 projection of a strided block
   project: bool = False  # projection shortcut even when shapes match (vd: every stage's first block)
   dtype: Any = jnp.float32
+  precision: Any = None
 
   @nn.compact
   def __call__(self, x, train: bool):
-    unit = lambda *a, **k: ConvBN(*a, dtype=self.dtype, **k)
+    unit = lambda *a, **k: ConvBN(*a, dtype=self.dtype, precision=self.precision, **k)
     if self.kind == 'basic':
       out_features = self.width
       y = unit(self.width, 3, stride=self.stride, dilation=self.dilation, name='conv1')(x, train)
@@ -114,15 +115,17 @@ class Stem(nn.Module):
   """7x7 stride-2 conv (torchvision) or three 3x3 convs 32/32/64 (vd, v1c), then 3x3 stride-2 max-pool."""
   deep: bool
   dtype: Any = jnp.float32
+  precision: Any = None
 
   @nn.compact
   def __call__(self, x, train: bool):
+    unit = lambda *a, **k: ConvBN(*a, dtype=self.dtype, precision=self.precision, **k)
     if self.deep:
-      x = ConvBN(32, 3, stride=2, dtype=self.dtype, name='conv1')(x, train)
-      x = ConvBN(32, 3, dtype=self.dtype, name='conv2')(x, train)
-      x = ConvBN(64, 3, dtype=self.dtype, name='conv3')(x, train)
+      x = unit(32, 3, stride=2, name='conv1')(x, train)
+      x = unit(32, 3, name='conv2')(x, train)
+      x = unit(64, 3, name='conv3')(x, train)
     else:
-      x = ConvBN(64, 7, stride=2, dtype=self.dtype, name='conv1')(x, train)
+      x = unit(64, 7, stride=2, name='conv1')(x, train)
     return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
 
@@ -135,13 +138,14 @@ class Stage(nn.Module):
   dilations: Sequence[int]
   avg_down: bool
   dtype: Any = jnp.float32
+  precision: Any = None
 
   @nn.compact
   def __call__(self, x, train: bool):
     for b in range(self.num_blocks):
       x = Block(self.kind, self.width, stride=self.stride if b == 0 else 1, dilation=self.dilations[b],
                 avg_down=self.avg_down, project=self.avg_down and b == 0, dtype=self.dtype,
-                name=f'block{b}')(x, train)
+                precision=self.precision, name=f'block{b}')(x, train)
     return x
 
 
@@ -157,6 +161,7 @@ class ResNet(nn.Module):
     num_classes: if set, adds the global-pool + dense classifier and returns its `logits`.
     remat: rematerialise each stage in the backward pass (`nn.remat`; same parameters).
     dtype: compute dtype (parameters stay float32).
+    precision: of every convolution and of the classifier (None | jax.lax.Precision; `layers.lax_precision`).
   """
   depth: int = 50
   variant: str = 'torchvision'
@@ -166,6 +171,7 @@ class ResNet(nn.Module):
   num_classes: int | None = None
   remat: bool = False
   dtype: Any = jnp.float32
+  precision: Any = None
 
   def setup(self):
     if self.depth not in DEPTHS:
@@ -179,13 +185,14 @@ class ResNet(nn.Module):
       raise ValueError(f'multi_grid needs {blocks[3]} rates (one per block of the last stage of '
                        f'ResNet{self.depth}), got {tuple(self.multi_grid)}')
     stage_class = nn.remat(Stage, static_argnums=(2,)) if self.remat else Stage  # (self, x, train)
-    self.stem = Stem(deep=self.variant != 'torchvision', dtype=self.dtype)
+    self.stem = Stem(deep=self.variant != 'torchvision', dtype=self.dtype, precision=self.precision)
     self.stages = [
         stage_class(kind, WIDTHS[i], blocks[i], STAGE_GEOMETRY[self.output_stride][0][i], self.dilations(i),
-                    avg_down=self.variant == 'vd', dtype=self.dtype, name=STAGES[i])
+                    avg_down=self.variant == 'vd', dtype=self.dtype, precision=self.precision, name=STAGES[i])
         for i in range(4)
     ]
-    self.fc = nn.Dense(self.num_classes, dtype=self.dtype, name='fc') if self.num_classes else None
+    self.fc = (nn.Dense(self.num_classes, dtype=self.dtype, precision=self.precision, name='fc')
+               if self.num_classes else None)
 
   def dilations(self, index: int) -> list[int]:
     """The dilation of each block of stage `index` (0..3)."""

@@ -12,8 +12,8 @@
 
 `stages_read(head)` names the maps a head reads (the segmenter runs the backbone only as far as they need).
 
-`head_factory` makes the `build.HEADS` factories: `factory(num_classes, dtype, **options)`, where options
-are the head's own fields and anything else is refused.
+`head_factory` makes the `build.HEADS` factories: `factory(num_classes, dtype, precision=None, **options)`,
+where options are the head's own fields and anything else is refused.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from ma_resnet.models.heads.fcn import Classifier, ClassifierHead, FCNHead, auxi
 from ma_resnet.models.heads.pspnet import PSPHead, PyramidPooling, adaptive_avg_pool, adaptive_pool_matrix
 from ma_resnet.models.heads.sfnet import FlowAlignment, SFNetHead, flow_warp, grid_sample_bilinear
 
-_NOT_OPTIONS = ('num_classes', 'dtype', 'parent', 'name')
+_NOT_OPTIONS = ('num_classes', 'dtype', 'precision', 'parent', 'name')
 ALL_STAGES = ('stage1', 'stage2', 'stage3', 'stage4')
 
 
@@ -39,12 +39,13 @@ def stages_read(head) -> tuple[str, ...]:
 
 
 def head_options(head_class) -> tuple[str, ...]:
-  """The options (configurable fields) of a head class: its fields but num_classes and dtype."""
+  """The options (configurable fields) of a head class: its fields but num_classes, dtype and precision."""
   return tuple(f.name for f in dataclasses.fields(head_class) if f.name not in _NOT_OPTIONS)
 
 
 def head_factory(name: str, head_class, **fixed) -> Callable[..., Any]:
-  """A `build.HEADS` factory `(num_classes, dtype, **options) -> head_class(...)` for the head called `name`.
+  """A `build.HEADS` factory `(num_classes, dtype, precision=None, **options) -> head_class(...)` for the head
+  called `name`.
 
   `fixed` are preset fields (e.g. `in_stage` of an auxiliary head); options override them. Unknown options
   raise a ValueError naming the head and its options; list values become tuples (configs from the command
@@ -52,7 +53,7 @@ def head_factory(name: str, head_class, **fixed) -> Callable[..., Any]:
   """
   allowed = head_options(head_class)
 
-  def factory(num_classes: int, dtype, **options):
+  def factory(num_classes: int, dtype, precision=None, **options):
     unknown = sorted(set(options) - set(allowed))
     if unknown:
       raise ValueError(
@@ -61,10 +62,11 @@ def head_factory(name: str, head_class, **fixed) -> Callable[..., Any]:
           f"holds 'aspp_rates', which is deeplabv3plus's): set model.head_options to {{}} or to this head's "
           'options.')
     options = {k: tuple(v) if isinstance(v, list) else v for k, v in {**fixed, **options}.items()}
-    return head_class(num_classes, dtype=dtype, **options)
+    return head_class(num_classes, dtype=dtype, precision=precision, **options)
 
   factory.__name__ = f'{name}_head_factory'
-  factory.__doc__ = f'{head_class.__name__}(num_classes, dtype=dtype, **options); options: {list(allowed)}.'
+  factory.__doc__ = (f'{head_class.__name__}(num_classes, dtype=dtype, precision=precision, **options); '
+                     f'options: {list(allowed)}.')
   return factory
 
 

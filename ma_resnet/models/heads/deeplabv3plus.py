@@ -28,21 +28,23 @@ class ASPP(nn.Module):
   features: int = 256
   dropout: float = 0.1
   dtype: Any = jnp.float32
+  precision: Any = None
 
   @nn.compact
   def __call__(self, x, train: bool):
+    unit = lambda *a, **k: ConvBN(*a, dtype=self.dtype, precision=self.precision, **k)
     branches = []
     for i, rate in enumerate(self.rates):
       if rate == 1:
-        branch = ConvBN(self.features, 1, use_bias=True, dtype=self.dtype, name=f'branch{i}')
+        branch = unit(self.features, 1, use_bias=True, name=f'branch{i}')
       else:
-        branch = SeparableConvBN(self.features, 3, dilation=rate, dtype=self.dtype, name=f'branch{i}')
+        branch = SeparableConvBN(self.features, 3, dilation=rate, dtype=self.dtype, precision=self.precision,
+                                 name=f'branch{i}')
       branches.append(branch(x, train))
     pooled = jnp.mean(x, axis=(1, 2), keepdims=True)
-    pooled = ConvBN(self.features, 1, dtype=self.dtype, name='image_pool')(pooled, train)
+    pooled = unit(self.features, 1, name='image_pool')(pooled, train)
     branches.append(jnp.broadcast_to(pooled, x.shape[:3] + (self.features,)))
-    y = ConvBN(self.features, 1, use_bias=True, dtype=self.dtype, name='project')(
-        jnp.concatenate(branches, axis=-1), train)
+    y = unit(self.features, 1, use_bias=True, name='project')(jnp.concatenate(branches, axis=-1), train)
     return nn.Dropout(self.dropout, deterministic=not train)(y)
 
 
@@ -51,16 +53,18 @@ class Decoder(nn.Module):
   low_level_features: int = 48
   features: int = 256
   dtype: Any = jnp.float32
+  precision: Any = None
 
   @nn.compact
   def __call__(self, x, low_level, train: bool):
-    low_level = ConvBN(self.low_level_features, 1, use_bias=True, dtype=self.dtype, name='low_level')(
-        low_level, train)
+    low_level = ConvBN(self.low_level_features, 1, use_bias=True, dtype=self.dtype, precision=self.precision,
+                       name='low_level')(low_level, train)
     x = resize_bilinear(x, low_level.shape[1:3])
     x = jnp.concatenate([x, low_level], axis=-1)
-    x = SeparableConvBN(self.features, 3, dtype=self.dtype, name='block1')(x, train)
-    x = SeparableConvBN(self.features, 3, dtype=self.dtype, name='block2')(x, train)
-    return conv(self.num_classes, 1, use_bias=True, dtype=self.dtype, name='classifier')(x)
+    x = SeparableConvBN(self.features, 3, dtype=self.dtype, precision=self.precision, name='block1')(x, train)
+    x = SeparableConvBN(self.features, 3, dtype=self.dtype, precision=self.precision, name='block2')(x, train)
+    return conv(self.num_classes, 1, use_bias=True, dtype=self.dtype, precision=self.precision,
+                name='classifier')(x)
 
 
 class DeepLabV3PlusHead(nn.Module):
@@ -76,11 +80,12 @@ class DeepLabV3PlusHead(nn.Module):
   channels: int = 256
   low_level_channels: int = 48
   dtype: Any = jnp.float32
+  precision: Any = None
 
   @nn.compact
   def __call__(self, features: dict, train: bool = False):
-    x = ASPP(self.aspp_rates, features=self.channels, dtype=self.dtype, name='aspp')(
+    x = ASPP(self.aspp_rates, features=self.channels, dtype=self.dtype, precision=self.precision, name='aspp')(
         features[self.high_level], train)
     decoder = Decoder(self.num_classes, low_level_features=self.low_level_channels, features=self.channels,
-                      dtype=self.dtype, name='decoder')
+                      dtype=self.dtype, precision=self.precision, name='decoder')
     return decoder(x, features[self.low_level], train)

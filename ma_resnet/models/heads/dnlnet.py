@@ -42,13 +42,15 @@ class DisentangledNonLocal(nn.Module):
   temperature: float = 0.05
   use_scale: bool = True
   dtype: Any = jnp.float32
+  precision: Any = None
 
   @nn.compact
   def __call__(self, x, train: bool):
     n, h, w, c = x.shape
     inter = c // self.reduction
     projection = lambda name: nn.Conv(inter, (1, 1), use_bias=True, kernel_init=nn.initializers.normal(0.01),
-                                      dtype=self.dtype, param_dtype=jnp.float32, name=name)
+                                      dtype=self.dtype, param_dtype=jnp.float32, precision=self.precision,
+                                      name=name)
     value = projection('g')(x).reshape(n, h * w, inter)
     query = projection('theta')(x).reshape(n, h * w, inter)
     key = projection('phi')(x).reshape(n, h * w, inter)
@@ -56,17 +58,18 @@ class DisentangledNonLocal(nn.Module):
     query = query - jnp.mean(query, axis=1, keepdims=True)
     key = key - jnp.mean(key, axis=1, keepdims=True)
 
-    logits = jnp.einsum('bqc,bkc->bqk', query, key).astype(jnp.float32)
+    logits = jnp.einsum('bqc,bkc->bqk', query, key, precision=self.precision).astype(jnp.float32)
     if self.use_scale:
       logits = logits / jnp.sqrt(jnp.float32(inter))
     pairwise = jax.nn.softmax(logits / self.temperature, axis=-1).astype(self.dtype)  # (N, P, P), over keys
-    y = jnp.einsum('bqk,bkc->bqc', pairwise, value)
+    y = jnp.einsum('bqk,bkc->bqc', pairwise, value, precision=self.precision)
 
-    mask = nn.Conv(1, (1, 1), use_bias=True, dtype=self.dtype, param_dtype=jnp.float32, name='conv_mask')(x)
+    mask = nn.Conv(1, (1, 1), use_bias=True, dtype=self.dtype, param_dtype=jnp.float32, precision=self.precision,
+                   name='conv_mask')(x)
     unary = jax.nn.softmax(mask.reshape(n, h * w).astype(jnp.float32), axis=-1).astype(self.dtype)  # over P
-    y = y + jnp.einsum('bk,bkc->bc', unary, value)[:, None, :]
+    y = y + jnp.einsum('bk,bkc->bc', unary, value, precision=self.precision)[:, None, :]
 
-    y = conv(c, 1, dtype=self.dtype, name='conv_out')(y.reshape(n, h, w, inter))
+    y = conv(c, 1, dtype=self.dtype, precision=self.precision, name='conv_out')(y.reshape(n, h, w, inter))
     y = batch_norm(train, dtype=self.dtype, scale_init=nn.initializers.zeros, name='conv_out_bn')(y)
     return x + y
 
@@ -93,15 +96,18 @@ class DNLHead(nn.Module):
   dropout: float = 0.1
   in_stage: str = 'stage4'
   dtype: Any = jnp.float32
+  precision: Any = None
 
   @nn.compact
   def __call__(self, features: dict, train: bool = False):
     x = features[self.in_stage]
     channels = default_channels(self.channels, x.shape[-1])
-    y = ConvBN(channels, 3, dtype=self.dtype, name='conv0')(x, train)
+    unit = lambda *a, **k: ConvBN(*a, dtype=self.dtype, precision=self.precision, **k)
+    y = unit(channels, 3, name='conv0')(x, train)
     y = DisentangledNonLocal(self.reduction, self.temperature, self.use_scale, dtype=self.dtype,
-                             name='dnl')(y, train)
-    y = ConvBN(channels, 3, dtype=self.dtype, name='conv1')(y, train)
+                             precision=self.precision, name='dnl')(y, train)
+    y = unit(channels, 3, name='conv1')(y, train)
     if self.concat_input:
-      y = ConvBN(channels, 3, dtype=self.dtype, name='conv_cat')(jnp.concatenate([x, y], axis=-1), train)
-    return Classifier(self.num_classes, self.dropout, dtype=self.dtype, name='classifier')(y, train)
+      y = unit(channels, 3, name='conv_cat')(jnp.concatenate([x, y], axis=-1), train)
+    return Classifier(self.num_classes, self.dropout, dtype=self.dtype, precision=self.precision,
+                      name='classifier')(y, train)

@@ -38,12 +38,13 @@ class Classifier(nn.Module):
   num_classes: int
   dropout: float = 0.1
   dtype: Any = jnp.float32
+  precision: Any = None
 
   @nn.compact
   def __call__(self, x, train: bool):
     x = nn.Dropout(self.dropout, broadcast_dims=(1, 2), deterministic=not train)(x)
     return nn.Conv(self.num_classes, (1, 1), use_bias=True, kernel_init=nn.initializers.normal(0.01),
-                   dtype=self.dtype, param_dtype=jnp.float32, name='conv')(x)
+                   dtype=self.dtype, param_dtype=jnp.float32, precision=self.precision, name='conv')(x)
 
 
 def default_channels(channels: int | None, in_channels: int) -> int:
@@ -73,6 +74,7 @@ class FCNHead(nn.Module):
   dropout: float = 0.1
   in_stage: str = 'stage4'
   dtype: Any = jnp.float32
+  precision: Any = None
 
   @nn.compact
   def __call__(self, features: dict, train: bool = False):
@@ -80,12 +82,14 @@ class FCNHead(nn.Module):
       raise ValueError(f'FCNHead.num_convs must be >= 1, got {self.num_convs}')
     x = features[self.in_stage]
     channels = default_channels(self.channels, x.shape[-1])
+    unit = lambda *a, **k: ConvBN(*a, dtype=self.dtype, precision=self.precision, **k)
     y = x
     for i in range(self.num_convs):
-      y = ConvBN(channels, self.kernel, dilation=self.dilation, dtype=self.dtype, name=f'conv{i}')(y, train)
+      y = unit(channels, self.kernel, dilation=self.dilation, name=f'conv{i}')(y, train)
     if self.concat_input:
-      y = ConvBN(channels, self.kernel, dtype=self.dtype, name='conv_cat')(jnp.concatenate([x, y], axis=-1), train)
-    return Classifier(self.num_classes, self.dropout, dtype=self.dtype, name='classifier')(y, train)
+      y = unit(channels, self.kernel, name='conv_cat')(jnp.concatenate([x, y], axis=-1), train)
+    return Classifier(self.num_classes, self.dropout, dtype=self.dtype, precision=self.precision,
+                      name='classifier')(y, train)
 
 
 class ClassifierHead(nn.Module):
@@ -98,13 +102,14 @@ class ClassifierHead(nn.Module):
   dropout: float = 0.1
   in_stage: str = 'stage4'
   dtype: Any = jnp.float32
+  precision: Any = None
 
   @nn.compact
   def __call__(self, features: dict, train: bool = False):
-    return Classifier(self.num_classes, self.dropout, dtype=self.dtype, name='classifier')(
-        features[self.in_stage], train)
+    return Classifier(self.num_classes, self.dropout, dtype=self.dtype, precision=self.precision,
+                      name='classifier')(features[self.in_stage], train)
 
 
-def auxiliary_fcn_head(num_classes: int, dtype: Any = jnp.float32) -> FCNHead:
+def auxiliary_fcn_head(num_classes: int, dtype: Any = jnp.float32, precision: Any = None) -> FCNHead:
   """mmseg's auxiliary head: FCNHead on stage3, one 3x3 conv-BN-ReLU (256 channels on ResNet50), no concat."""
-  return FCNHead(num_classes, num_convs=1, concat_input=False, in_stage='stage3', dtype=dtype)
+  return FCNHead(num_classes, num_convs=1, concat_input=False, in_stage='stage3', dtype=dtype, precision=precision)

@@ -46,13 +46,14 @@ def adaptive_pool_matrix(in_size: int, out_size: int) -> np.ndarray:
   return weights
 
 
-def adaptive_avg_pool(x, output_size: tuple[int, int]):
-  """`nn.AdaptiveAvgPool2d(output_size)` on x (N, H, W, C) -> (N, oh, ow, C), as a separable weighted sum."""
+def adaptive_avg_pool(x, output_size: tuple[int, int], precision=None):
+  """`nn.AdaptiveAvgPool2d(output_size)` on x (N, H, W, C) -> (N, oh, ow, C), as a separable weighted sum
+  (two matmuls at `precision`)."""
   oh, ow = output_size
   rows = jnp.asarray(adaptive_pool_matrix(x.shape[1], oh), x.dtype)
   cols = jnp.asarray(adaptive_pool_matrix(x.shape[2], ow), x.dtype)
-  x = jnp.einsum('ih,nhwc->niwc', rows, x)
-  return jnp.einsum('jw,niwc->nijc', cols, x)
+  x = jnp.einsum('ih,nhwc->niwc', rows, x, precision=precision)
+  return jnp.einsum('jw,niwc->nijc', cols, x, precision=precision)
 
 
 class PyramidPooling(nn.Module):
@@ -73,19 +74,21 @@ class PyramidPooling(nn.Module):
   align_corners: bool = False
   reverse_bins: bool = False
   dtype: Any = jnp.float32
+  precision: Any = None
 
   @nn.compact
   def __call__(self, x, train: bool):
     size = x.shape[1:3]
     pooled = []
     for i, b in enumerate(self.bins):
-      y = adaptive_avg_pool(x, (b, b))
-      y = ConvBN(self.bin_features, 1, use_bias=self.use_bias, dtype=self.dtype, name=f'bin{i}')(y, train)
+      y = adaptive_avg_pool(x, (b, b), self.precision)
+      y = ConvBN(self.bin_features, 1, use_bias=self.use_bias, dtype=self.dtype, precision=self.precision,
+                 name=f'bin{i}')(y, train)
       pooled.append(resize_bilinear(y, size, align_corners=self.align_corners))
     if self.reverse_bins:
       pooled = pooled[::-1]
-    return ConvBN(self.features, 3, use_bias=self.use_bias, dtype=self.dtype, name='bottleneck')(
-        jnp.concatenate([x] + pooled, axis=-1), train)
+    return ConvBN(self.features, 3, use_bias=self.use_bias, dtype=self.dtype, precision=self.precision,
+                  name='bottleneck')(jnp.concatenate([x] + pooled, axis=-1), train)
 
 
 class PSPHead(nn.Module):
@@ -106,11 +109,14 @@ class PSPHead(nn.Module):
   align_corners: bool = False
   in_stage: str = 'stage4'
   dtype: Any = jnp.float32
+  precision: Any = None
 
   @nn.compact
   def __call__(self, features: dict, train: bool = False):
     x = features[self.in_stage]
     channels = default_channels(self.channels, x.shape[-1])
     y = PyramidPooling(tuple(self.pool_scales), bin_features=channels, features=channels,
-                       align_corners=self.align_corners, dtype=self.dtype, name='psp')(x, train)
-    return Classifier(self.num_classes, self.dropout, dtype=self.dtype, name='classifier')(y, train)
+                       align_corners=self.align_corners, dtype=self.dtype, precision=self.precision,
+                       name='psp')(x, train)
+    return Classifier(self.num_classes, self.dropout, dtype=self.dtype, precision=self.precision,
+                      name='classifier')(y, train)

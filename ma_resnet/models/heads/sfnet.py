@@ -41,7 +41,7 @@ from ma_resnet.models.ops import resize_bilinear
 _paddle_default_init = nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')
 
 
-def grid_sample_bilinear(x, grid, align_corners: bool = True):
+def grid_sample_bilinear(x, grid, align_corners: bool = True, precision=None):
   """`F.grid_sample(x, grid, mode='bilinear', padding_mode='zeros')` in NHWC.
 
   Args:
@@ -49,6 +49,7 @@ def grid_sample_bilinear(x, grid, align_corners: bool = True):
     grid: (N, h, w, 2) sampling positions, normalised: [..., 0] is x (width), [..., 1] is y (height), -1 and
       1 are the centres of the corner pixels with `align_corners`, their outer edges without.
     align_corners: as PyTorch's / Paddle's argument.
+    precision: of the final weighted sum (a matmul over the four neighbours).
   Returns:
     (N, h, w, C): each output the bilinear mix of its four neighbours; neighbours outside the map count as 0.
   """
@@ -74,10 +75,10 @@ def grid_sample_bilinear(x, grid, align_corners: bool = True):
   index = jnp.clip(rows, 0, in_h - 1) * in_w + jnp.clip(cols, 0, in_w - 1)
   gathered = jax.vmap(lambda flat, i: flat[i])(x.reshape(n, in_h * in_w, c), index.reshape(n, -1))
   gathered = gathered.reshape(n, out_h, out_w, 4, c)
-  return jnp.einsum('nhwkc,nhwk->nhwc', gathered, weights)
+  return jnp.einsum('nhwkc,nhwk->nhwc', gathered, weights, precision=precision)
 
 
-def flow_warp(x, flow, size: tuple[int, int]):
+def flow_warp(x, flow, size: tuple[int, int], precision=None):
   """SFNet's `flow_warp`: samples x (N, H, W, C) at an (h, w) = `size` grid moved by `flow` (N, h, w, 2).
 
   grid = base + flow / (w, h), base spanning [-1, 1] on both axes (linspace), then bilinear grid sampling
@@ -88,7 +89,7 @@ def flow_warp(x, flow, size: tuple[int, int]):
   base_y = jnp.asarray(np.linspace(-1.0, 1.0, out_h), jnp.float32)
   base = jnp.stack(jnp.broadcast_arrays(base_x[None, :], base_y[:, None]), axis=-1)  # (h, w, 2) as (x, y)
   grid = base[None] + flow.astype(jnp.float32) / jnp.asarray([out_w, out_h], jnp.float32)
-  return grid_sample_bilinear(x, grid, align_corners=True)
+  return grid_sample_bilinear(x, grid, align_corners=True, precision=precision)
 
 
 class FlowAlignment(nn.Module):
@@ -99,17 +100,18 @@ class FlowAlignment(nn.Module):
   """
   features: int
   dtype: Any = jnp.float32
+  precision: Any = None
 
   @nn.compact
   def __call__(self, fine, coarse):
     size = fine.shape[1:3]
-    fine_proj = conv(self.features, 1, dtype=self.dtype, name='down_l')(fine)
-    coarse_proj = conv(self.features, 1, dtype=self.dtype, name='down_h')(coarse)
+    fine_proj = conv(self.features, 1, dtype=self.dtype, precision=self.precision, name='down_l')(fine)
+    coarse_proj = conv(self.features, 1, dtype=self.dtype, precision=self.precision, name='down_h')(coarse)
     coarse_proj = resize_bilinear(coarse_proj, size, align_corners=True)
     flow = nn.Conv(2, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, kernel_init=_paddle_default_init,
-                   dtype=self.dtype, param_dtype=jnp.float32, name='flow_make')(
+                   dtype=self.dtype, param_dtype=jnp.float32, precision=self.precision, name='flow_make')(
                        jnp.concatenate([coarse_proj, fine_proj], axis=-1))
-    return flow_warp(coarse, flow, size).astype(coarse.dtype)
+    return flow_warp(coarse, flow, size, self.precision).astype(coarse.dtype)
 
 
 class SFNetHead(nn.Module):
@@ -126,24 +128,26 @@ class SFNetHead(nn.Module):
   stages: Sequence[str] = ('stage1', 'stage2', 'stage3', 'stage4')
   bins: Sequence[int] = (1, 2, 3, 6)
   dtype: Any = jnp.float32
+  precision: Any = None
 
   @nn.compact
   def __call__(self, features: dict, train: bool = False):
+    unit = lambda *a, **k: ConvBN(*a, dtype=self.dtype, precision=self.precision, **k)
     maps = [features[s] for s in self.stages]
     top = maps[-1]
     dim = self.fpn_dim or (128 if top.shape[-1] <= 512 else 256)
     f = PyramidPooling(tuple(self.bins), bin_features=top.shape[-1] // len(self.bins), features=dim,
                        use_bias=True, align_corners=True, reverse_bins=True, dtype=self.dtype,
-                       name='ppm')(top, train)
+                       precision=self.precision, name='ppm')(top, train)
     pyramid = [f]
     for i in reversed(range(len(maps) - 1)):
-      lateral = ConvBN(dim, 1, use_bias=True, dtype=self.dtype, name=f'fpn_in{i}')(maps[i], train)
-      f = lateral + FlowAlignment(dim // 2, dtype=self.dtype, name=f'fam{i}')(lateral, f)
-      pyramid.append(ConvBN(dim, 3, dtype=self.dtype, name=f'fpn_out{i}')(f, train))
+      lateral = unit(dim, 1, use_bias=True, name=f'fpn_in{i}')(maps[i], train)
+      f = lateral + FlowAlignment(dim // 2, dtype=self.dtype, precision=self.precision, name=f'fam{i}')(lateral, f)
+      pyramid.append(unit(dim, 3, name=f'fpn_out{i}')(f, train))
     pyramid.reverse()  # finest first; the PPM output last
     size = pyramid[0].shape[1:3]
     fused = jnp.concatenate([pyramid[0]] + [resize_bilinear(p, size, align_corners=True) for p in pyramid[1:]],
                             axis=-1)
-    x = ConvBN(dim, 3, dtype=self.dtype, name='fuse')(fused, train)
+    x = unit(dim, 3, name='fuse')(fused, train)
     return nn.Conv(self.num_classes, (1, 1), use_bias=True, kernel_init=_paddle_default_init, dtype=self.dtype,
-                   param_dtype=jnp.float32, name='classifier')(x)
+                   param_dtype=jnp.float32, precision=self.precision, name='classifier')(x)

@@ -29,11 +29,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ma_resnet.models import attention as attention_lib
 from ma_resnet.models.layers import BN_EPSILON, BN_MOMENTUM, ConvBN
 from ma_resnet.models.ops import resize_bilinear, resize_nearest
 from ma_resnet.models.temporal.base import FeatureShapes, TemporalModule, push
 
-_MASKED = -1e30  # attention logit of an empty memory slot
+_MASKED = attention_lib.MASKED  # attention logit of an empty memory slot
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +56,11 @@ class PCMAOptions:
     warmup: 'full' (code: no enhancement until T frames are stored) or 'partial' (attend to whatever is
       stored; a frame with an empty memory passes through).
     feed_forward: enhanced maps also feed the next stage (False in the code: they only go to the head).
+    attention: how the memory is read (`ma_resnet.models.attention`): 'auto' (cuDNN fused attention on a
+      GPU in bfloat16, else chunked when the memory has more than `attention_chunk` positions, else dense),
+      'dense' (the code's score matrix), 'chunked' (online softmax over memory chunks, no score matrix),
+      'fused' (`jax.nn.dot_product_attention`). The same numbers up to rounding.
+    attention_chunk: memory positions per chunk of 'chunked'.
   """
   stages: tuple[str, ...] = ('stage1', 'stage2', 'stage3')
   ratio: float = 0.25
@@ -66,6 +72,8 @@ class PCMAOptions:
   detach_memory: bool = True
   warmup: str = 'full'
   feed_forward: bool = False
+  attention: str = 'auto'
+  attention_chunk: int = attention_lib.DEFAULT_CHUNK
 
   def __post_init__(self):
     choices = dict(key_norm=('softmax10', 'dot'), memory_stores=('key_value', 'enhanced'),
@@ -77,6 +85,7 @@ class PCMAOptions:
       raise ValueError(f'PCMAOptions.ratio must be in (0, 1], got {self.ratio}')
     if self.memory_length < 1:
       raise ValueError(f'PCMAOptions.memory_length must be >= 1, got {self.memory_length}')
+    attention_lib.check_implementation(self.attention, self.attention_chunk, 'PCMAOptions')
     bad = [s for s in self.stages if s not in ('stage1', 'stage2', 'stage3', 'stage4')]
     if bad:
       raise ValueError(f'PCMAOptions.stages: unknown stage(s) {bad}; use stage1..stage4')
@@ -142,17 +151,20 @@ def memory_size(stage_size: tuple[int, int]) -> tuple[int, int]:
 # The scan body: one frame, no parameters.
 
 
-def attend(memory: StageMemory, key: jax.Array, value: jax.Array, options: PCMAOptions):
+def attend(memory: StageMemory, key: jax.Array, value: jax.Array, options: PCMAOptions, precision: Any = None):
   """Reads the memory with this frame's key and stores this frame.
 
   Args:
     memory: the stage's memory before this frame (slots oldest first).
     key: (B, h, w, Ck) this frame's key; value: (B, h, w, Cv) its value.
+    options: `key_norm`, `warmup`, `memory_stores`, `detach_memory` and the `attention` implementation.
+    precision: of the attention's matmuls (None | jax.lax.Precision).
   Returns:
     readout (B, h, w, Cv), enhanced (B,) bool (whether the frame was enhanced), the updated memory.
   """
   b, h, w, ck = key.shape
   t = memory.length
+  cv = memory.values.shape[-1]
   if options.warmup == 'full':
     enhanced = jnp.all(memory.valid, axis=1)
   else:
@@ -166,12 +178,20 @@ def attend(memory: StageMemory, key: jax.Array, value: jax.Array, options: PCMAO
     scale = 1.0
   else:
     scale = ck ** -0.5
-  logits = jnp.einsum('bmc,bnc->bmn', stored_keys, current) * scale  # (B, T*h*w, h*w)
-  slot_valid = jnp.repeat(memory.valid, h * w, axis=1)  # (B, T*h*w)
-  logits = jnp.where(slot_valid[:, :, None], logits, _MASKED)
-  attention = jax.nn.softmax(logits, axis=1)  # over the memory positions
-  stored_values = memory.values.reshape(b, t * h * w, -1)
-  readout = jnp.einsum('bmn,bmc->bnc', attention, stored_values).reshape(b, h, w, -1)
+  implementation = attention_lib.resolve_implementation(options.attention, key.dtype, ck, cv, t * h * w,
+                                                        options.attention_chunk)
+  if implementation == 'dense':  # the code's formulation: scores (B, T*h*w, h*w), softmax over the memory
+    logits = jnp.einsum('bmc,bnc->bmn', stored_keys, current, precision=precision) * scale
+    slot_valid = jnp.repeat(memory.valid, h * w, axis=1)  # (B, T*h*w)
+    logits = jnp.where(slot_valid[:, :, None], logits, _MASKED)
+    attention = jax.nn.softmax(logits, axis=1)  # over the memory positions
+    stored_values = memory.values.reshape(b, t * h * w, -1)
+    readout = jnp.einsum('bmn,bmc->bnc', attention, stored_values, precision=precision)
+  else:  # the current positions are the queries; the same softmax over the memory, without the scores
+    readout = attention_lib.memory_attention(
+        current, stored_keys.reshape(b, t, h * w, ck), memory.values.reshape(b, t, h * w, cv), memory.valid,
+        scale=scale, implementation=options.attention, chunk_size=options.attention_chunk, precision=precision)
+  readout = readout.reshape(b, h, w, cv)
 
   stored_value = value
   if options.memory_stores == 'enhanced':
@@ -237,10 +257,11 @@ class PCMAStage(nn.Module):
   channels: int
   options: PCMAOptions
   dtype: Any = jnp.float32
+  precision: Any = None
 
   def setup(self):
     key_channels, self.value_channels = self.options.channels(self.channels)
-    self.key_encoder = ConvBN(key_channels, 3, dtype=self.dtype)
+    self.key_encoder = ConvBN(key_channels, 3, dtype=self.dtype, precision=self.precision)
     self.readout_bn = MaskedBatchNorm(dtype=self.dtype)
 
   def encode(self, x, train: bool):
@@ -283,10 +304,12 @@ class PCMA(TemporalModule):
   """PCMA on `options.stages` of a backbone whose maps have `channels` channels (one per stage, same order).
 
   State: stage name -> `StageMemory`. Parameter tree: `pcma_<stage>/{key_encoder/{conv,bn},readout_bn}`.
+  `precision` (None | jax.lax.Precision) goes to the key encoders' convolutions and the attention's matmuls.
   """
   options: PCMAOptions
   channels: tuple[int, ...]
   dtype: Any = jnp.float32
+  precision: Any = None
 
   @property
   def interleaved(self) -> bool:  # enhanced maps also feed the next stage
@@ -296,7 +319,7 @@ class PCMA(TemporalModule):
     if len(self.channels) != len(self.options.stages):
       raise ValueError(f'PCMA: {len(self.options.stages)} stages {self.options.stages} but '
                        f'{len(self.channels)} channel counts {self.channels}')
-    self.pcma = {s: PCMAStage(c, self.options, dtype=self.dtype)
+    self.pcma = {s: PCMAStage(c, self.options, dtype=self.dtype, precision=self.precision)
                  for s, c in zip(self.options.stages, self.channels)}
 
   def stages_read(self) -> tuple[str, ...]:
@@ -325,7 +348,7 @@ class PCMA(TemporalModule):
   def scan_body(self, state: dict, encodings_t: dict):
     state, readouts, enhanced = dict(state), {}, None
     for stage, (key, value) in encodings_t.items():
-      readouts[stage], enhanced, state[stage] = attend(state[stage], key, value, self.options)
+      readouts[stage], enhanced, state[stage] = attend(state[stage], key, value, self.options, self.precision)
     return state, readouts, enhanced
 
   def fuse(self, maps: dict, reads: dict, enhanced: jax.Array, train: bool) -> dict:

@@ -37,6 +37,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ma_resnet.models import attention as attention_lib
 from ma_resnet.models.layers import ConvBN
 from ma_resnet.models.temporal.base import FeatureShapes, TemporalModule, push
 
@@ -52,6 +53,11 @@ class TMAOptions:
     stage: the backbone map TMA reads and replaces.
     matmul_norm: scale the attention logits by key_channels^-1/2 (off in the code).
     detach_memory: no gradient through the stored maps (off in the code: memory frames are trained too).
+    attention: how the memory is read (`ma_resnet.models.attention`): 'auto' (cuDNN fused attention on a
+      GPU in bfloat16, else chunked when the memory has more than `attention_chunk` positions, else dense),
+      'dense' (the code's score matrix), 'chunked' (online softmax over memory chunks), 'fused'
+      (`jax.nn.dot_product_attention`). The same numbers up to rounding.
+    attention_chunk: memory positions per chunk of 'chunked'.
   """
   memory_length: int = 2
   key_channels: int = 64
@@ -60,8 +66,11 @@ class TMAOptions:
   stage: str = 'stage4'
   matmul_norm: bool = False
   detach_memory: bool = False
+  attention: str = 'auto'
+  attention_chunk: int = attention_lib.DEFAULT_CHUNK
 
   def __post_init__(self):
+    attention_lib.check_implementation(self.attention, self.attention_chunk, 'TMAOptions')
     if self.memory_length < 1:
       raise ValueError(f'TMAOptions.memory_length must be >= 1, got {self.memory_length}')
     for field in ('key_channels', 'value_channels', 'channels'):
@@ -81,45 +90,63 @@ class Encoder(nn.Module):
   """ConvModule 1x1 -> ConvModule 3x3 (mmseg `memory_key_conv` / `query_key_conv` ...): `reduce`, `conv`."""
   features: int
   dtype: Any = jnp.float32
+  precision: Any = None
 
   @nn.compact
   def __call__(self, x, train: bool):
-    x = ConvBN(self.features, 1, dtype=self.dtype, name='reduce')(x, train)
-    return ConvBN(self.features, 3, dtype=self.dtype, name='conv')(x, train)
+    x = ConvBN(self.features, 1, dtype=self.dtype, precision=self.precision, name='reduce')(x, train)
+    return ConvBN(self.features, 3, dtype=self.dtype, precision=self.precision, name='conv')(x, train)
 
 
-def memory_attention(query_key, memory_keys, memory_values, matmul_norm: bool = False):
+def memory_attention(query_key, memory_keys, memory_values, matmul_norm: bool = False, *,
+                     implementation: str = 'dense', chunk_size: int = attention_lib.DEFAULT_CHUNK,
+                     precision: Any = None):
   """TMANet's `MemoryModule` read.
 
   query_key (N, h, w, Ck); memory_keys (N, T, h, w, Ck); memory_values (N, T, h, w, Cv) -> (N, h, w, Cv):
   softmax over all T*h*w memory positions of query . key (scaled by Ck^-1/2 with `matmul_norm`).
+  `implementation` ('auto' | 'dense' | 'chunked' | 'fused', see `ma_resnet.models.attention`): 'dense' is the
+  code's formulation (scores (N, h*w, T*h*w), softmax in float32); the others read the same without the scores.
+  `precision` (None | jax.lax.Precision): of the matmuls.
   """
   n, h, w, ck = query_key.shape
+  t, cv = memory_keys.shape[1], memory_values.shape[-1]
+  chosen = attention_lib.resolve_implementation(implementation, query_key.dtype, ck, cv, t * h * w, chunk_size)
+  scale = ck ** -0.5 if matmul_norm else 1.0
+  if chosen != 'dense':
+    read = attention_lib.memory_attention(
+        query_key.reshape(n, h * w, ck), memory_keys.reshape(n, t, h * w, ck),
+        memory_values.reshape(n, t, h * w, cv), scale=scale, implementation=implementation,
+        chunk_size=chunk_size, precision=precision)
+    return read.reshape(n, h, w, cv)
   keys = memory_keys.reshape(n, -1, ck)
   values = memory_values.reshape(n, keys.shape[1], -1)
-  logits = jnp.einsum('nqc,nmc->nqm', query_key.reshape(n, h * w, ck), keys)
+  logits = jnp.einsum('nqc,nmc->nqm', query_key.reshape(n, h * w, ck), keys, precision=precision)
   if matmul_norm:
     logits = logits * ck ** -0.5
   attention = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(values.dtype)
-  return jnp.einsum('nqm,nmc->nqc', attention, values).reshape(n, h, w, -1)
+  return jnp.einsum('nqm,nmc->nqc', attention, values, precision=precision).reshape(n, h, w, -1)
 
 
 class TMA(TemporalModule):
   """Temporal memory attention on `options.stage`. See the module docstring.
 
   Parameter tree: `memory_key_{i}`, `memory_value_{i}` (i = slot), `query_key`, `query_value` (each
-  `{reduce,conv}/{conv,bn}`), `bottleneck/{conv,bn}`.
+  `{reduce,conv}/{conv,bn}`), `bottleneck/{conv,bn}`. `precision` (None | jax.lax.Precision) goes to every
+  convolution and to the attention's matmuls.
   """
   options: TMAOptions = TMAOptions()
   dtype: Any = jnp.float32
+  precision: Any = None
 
   def setup(self):
     o = self.options
-    self.memory_key = [Encoder(o.key_channels, self.dtype) for _ in range(o.memory_length)]
-    self.memory_value = [Encoder(o.value_channels, self.dtype) for _ in range(o.memory_length)]
-    self.query_key = Encoder(o.key_channels, self.dtype)
-    self.query_value = Encoder(o.value_channels, self.dtype)
-    self.bottleneck = ConvBN(o.channels, 3, dtype=self.dtype)
+    encoder = lambda features: Encoder(features, self.dtype, self.precision)
+    self.memory_key = [encoder(o.key_channels) for _ in range(o.memory_length)]
+    self.memory_value = [encoder(o.value_channels) for _ in range(o.memory_length)]
+    self.query_key = encoder(o.key_channels)
+    self.query_value = encoder(o.value_channels)
+    self.bottleneck = ConvBN(o.channels, 3, dtype=self.dtype, precision=self.precision)
 
   def stages_read(self) -> tuple[str, ...]:
     return (self.options.stage,)
@@ -157,7 +184,8 @@ class TMA(TemporalModule):
     memory_values = jnp.stack([self.memory_value[i](window[:, i], train) for i in range(o.memory_length)], 1)
     query_key = self.query_key(query, train)
     query_value = self.query_value(query, train)
-    read = memory_attention(query_key, memory_keys, memory_values, o.matmul_norm)
+    read = memory_attention(query_key, memory_keys, memory_values, o.matmul_norm, implementation=o.attention,
+                            chunk_size=o.attention_chunk, precision=self.precision)
     out = self.bottleneck(jnp.concatenate([query_value, read], axis=-1), train)
     for name, value in (('memory_keys', memory_keys), ('memory_values', memory_values), ('query_keys', query_key),
                         ('query_values', query_value), ('read', read), ('bottleneck_out', out)):
