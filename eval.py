@@ -7,7 +7,9 @@ Restores the best checkpoint by validation mIoU (or the latest), with the config
 writes <workdir>/eval_<split>.json (mIoU, per-class IoU, pixel accuracy, frames/s, confusion matrix) and, with
 --overlays=N, N PNG panels (frame | prediction overlay | ground truth) under <workdir>/overlays/<split>/.
 """
-from absl import app, flags, logging
+import re
+
+from absl import app, flags
 
 from ma_resnet import cli
 
@@ -21,20 +23,34 @@ flags.DEFINE_bool('native_labels', None, "Score at the labels' native size when 
                   "frames (logits resized to the labels); default: the run config's data.eval_native_labels.")
 flags.DEFINE_integer('eval_batch_size', None, 'Sequences streamed side by side (default: the run config\'s).')
 flags.DEFINE_string('data_root', None, 'Override data.root of the run config.')
+flags.DEFINE_enum('distributed', 'auto', ['auto', 'yes', 'no'], 'Start jax.distributed (auto: when a '
+                  'multi-process launch is given or detected).')
+cli.define_distributed_flags()
 flags.mark_flags_as_required(['workdir'])
 
 
 def main(argv):
   if len(argv) > 1:
     cli.fail(f'unexpected arguments: {" ".join(argv[1:])}', cli.EXIT_USAGE)
-  logging.set_verbosity(logging.INFO)
+  from ma_resnet import logging_utils
+  logging_utils.quiet_console(verbose=FLAGS['verbosity'].present)
+  if not re.fullmatch(r'best|latest|\d+', FLAGS.checkpoint):
+    cli.fail(f"--checkpoint must be 'best', 'latest' or a step number, got {FLAGS.checkpoint!r}", cli.EXIT_USAGE)
+  if FLAGS.overlay_stride < 1 or FLAGS.overlays < 0:
+    cli.fail('--overlays must be >= 0 and --overlay_stride >= 1', cli.EXIT_USAGE)
 
   def run():
+    import os
     from ma_resnet import evaluation
+    cli.start_distributed(FLAGS, FLAGS.distributed)
+    import jax
     metrics, report = evaluation.evaluate_run(
         FLAGS.workdir, split=FLAGS.split, checkpoint=FLAGS.checkpoint, overlays=FLAGS.overlays,
         overlay_stride=FLAGS.overlay_stride, eval_batch_size=FLAGS.eval_batch_size, data_root=FLAGS.data_root,
         native_labels=FLAGS.native_labels)
+    if jax.process_index() != 0:
+      return
+    logging_utils.log_to_file(os.path.join(FLAGS.workdir, 'eval.log'))  # the library log of a finished run
     print(f'{report["dataset"]} {report["split"]}, checkpoint step {report["checkpoint"]["step"]} '
           f'({report["checkpoint"]["which"]})')
     print(metrics.table())

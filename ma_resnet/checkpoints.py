@@ -28,6 +28,7 @@ produce; any difference (another depth, head, number of classes, PCMA stages, op
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -56,6 +57,15 @@ class CheckpointError(ValueError):
 
 class CheckpointMismatchError(CheckpointError):
   """A checkpoint that does not fit the model/optimizer of the config; the message names the paths."""
+
+
+class CheckpointWriteError(CheckpointError):
+  """A checkpoint could not be written (disk full, permissions): the message names it and what was kept."""
+
+
+def _reason(error: Exception) -> str:
+  text = str(error).strip().splitlines()
+  return f'{type(error).__name__}: {text[0] if text else ""}'.rstrip(': ')
 
 
 def _best_fn(metrics: Mapping[str, Any]) -> float:
@@ -197,12 +207,15 @@ class TrainCheckpoints:
     return self._manager
 
   def all_steps(self) -> list[int]:
-    manager = self._reader()
-    return sorted(manager.all_steps()) if manager else []
+    try:
+      manager = self._reader()
+      return sorted(manager.all_steps()) if manager else []
+    except PermissionError as e:
+      raise CheckpointError(f'cannot read the checkpoints in {self.directory}: {_reason(e)}') from None
 
   def latest_step(self) -> int | None:
-    manager = self._reader()
-    return manager.latest_step() if manager else None
+    steps = self.all_steps()
+    return steps[-1] if steps else None
 
   def best_step(self) -> int | None:
     """The step with the best validation mIoU (the latest step when none was evaluated)."""
@@ -241,7 +254,11 @@ class TrainCheckpoints:
     return os.path.join(self.directory, str(step))
 
   def stored_shapes(self, step: int) -> dict:
-    metadata = self._reader().item_metadata(step)[STATE]
+    try:
+      metadata = self._reader().item_metadata(step)[STATE]
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointError(f'cannot read checkpoint {self.step_path(step)} (corrupt, or unreadable): '
+                            f'{_reason(e)}') from None
     tree = getattr(metadata, 'tree', metadata)
     return flat_shapes(tree)
 
@@ -285,7 +302,11 @@ class TrainCheckpoints:
     items = {STATE: ocp.args.StandardRestore(target)}
     if train_iter is not None:
       items[DATA_ITER] = _grain_restore(train_iter)
-    restored = self._reader().restore(step, args=ocp.args.Composite(**items))
+    try:
+      restored = self._reader().restore(step, args=ocp.args.Composite(**items))
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointError(f'cannot restore checkpoint {self.step_path(step)} (corrupt, or unreadable): '
+                            f'{_reason(e)}. Remove that step folder to resume from the one before.') from None
     return restored[STATE]
 
   def restore_data_iterator(self, step: int, train_iter) -> None:
@@ -321,30 +342,60 @@ class TrainCheckpoints:
         if _TMP_PATTERN.match(name):
           logging.warning('Removing unfinished checkpoint %s (a run stopped while writing it)', name)
           shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
-    self._manager = ocp.CheckpointManager(self.directory, options=self._options(True),
-                                          handler_registry=_handler_registry())
+    try:
+      self._manager = ocp.CheckpointManager(self.directory, options=self._options(True),
+                                            handler_registry=_handler_registry())
+    except OSError as e:
+      raise CheckpointWriteError(f'cannot write checkpoints to {self.directory}: {_reason(e)}') from None
     self._writable = True
     self._config_json = json.loads(config.to_json())
 
   def save(self, step: int, state, train_iter, metrics: dict | None = None) -> None:
-    """Saves state + iterator position + config at `step` (asynchronously: `wait()` to block)."""
+    """Saves state + iterator position + config at `step` (asynchronously: `wait()` to block). A write
+    that fails raises `CheckpointWriteError` here, or at the next `check_for_errors` / `wait`."""
     if not self._writable:
       raise RuntimeError('open_for_writing() first')
-    self._manager.save(step, args=ocp.args.Composite(**{
-        STATE: ocp.args.StandardSave(state),
-        DATA_ITER: _grain_save(train_iter),
-        CONFIG: ocp.args.JsonSave(self._config_json),
-    }), metrics=metrics, force=True)
+    self.check_for_errors()
+    self._pending_step = step
+    with self._writing():
+      self._manager.save(step, args=ocp.args.Composite(**{
+          STATE: ocp.args.StandardSave(state),
+          DATA_ITER: _grain_save(train_iter),
+          CONFIG: ocp.args.JsonSave(self._config_json),
+      }), metrics=metrics, force=True)
+
+  @contextlib.contextmanager
+  def _writing(self):
+    try:
+      yield
+    except Exception as e:  # pylint: disable=broad-except  (orbax raises many kinds)
+      step = getattr(self, '_pending_step', None)
+      self._failed = True
+      kept = [s for s in self.all_steps() if s != step] if os.path.isdir(self.directory) else []
+      raise CheckpointWriteError(
+          f'cannot write checkpoint {self.step_path(step)}: {_reason(e)}. Training stopped; the previous '
+          f'checkpoint is kept ({self.step_path(kept[-1]) if kept else "none"}).') from None
+
+  def check_for_errors(self) -> None:
+    """Raises CheckpointWriteError if a background write has failed."""
+    if self._manager is not None and self._writable:
+      with self._writing():
+        self._manager.check_for_errors()
 
   def wait(self) -> None:
     if self._manager is not None:
-      self._manager.wait_until_finished()
+      with self._writing():
+        self._manager.wait_until_finished()
 
   def close(self) -> None:
     if self._manager is not None:
-      self._manager.wait_until_finished()
-      self._manager.close()
-      self._manager = None
+      try:
+        if not getattr(self, '_failed', False):
+          self.wait()
+      finally:
+        with contextlib.suppress(Exception):
+          self._manager.close()
+        self._manager = None
 
 
 def _handler_registry():

@@ -5,12 +5,15 @@ non-zero exit code, without a traceback:
 
   2  bad command line or config (unknown --config key, wrong value type, missing config file, bad value)
   3  data not found / unreadable (missing dataset folder, empty split, corrupt file)
-  4  checkpoint problem (a workdir or init_from checkpoint of another architecture, no checkpoint to evaluate)
+  4  checkpoint problem (a workdir or init_from checkpoint of another architecture, no checkpoint to evaluate,
+     a corrupt checkpoint, a checkpoint or workdir that cannot be written: disk full, permissions)
   5  training diverged (NaN / inf loss); the last good checkpoint is kept
+  6  multi-process run: a peer process stopped (its collective failed); the last checkpoint is kept
 """
 from __future__ import annotations
 
 import difflib
+import errno
 import os
 import re
 import sys
@@ -18,7 +21,42 @@ from typing import Callable, Sequence
 
 from absl import flags
 
-EXIT_USAGE, EXIT_DATA, EXIT_CHECKPOINT, EXIT_DIVERGED = 2, 3, 4, 5
+EXIT_USAGE, EXIT_DATA, EXIT_CHECKPOINT, EXIT_DIVERGED, EXIT_PEER = 2, 3, 4, 5, 6
+
+
+def define_distributed_flags() -> None:
+  """--coordinator_address / --num_processes / --process_id / --heartbeat_timeout (train.py, eval.py)."""
+  flags.DEFINE_string('coordinator_address', None, 'Multi-process runs: host:port of process 0 (default: '
+                      '$JAX_COORDINATOR_ADDRESS, else what JAX detects: SLURM, Open MPI, TPU pods, Kubernetes).')
+  flags.DEFINE_integer('num_processes', None, 'Multi-process runs: number of processes ($JAX_NUM_PROCESSES).')
+  flags.DEFINE_integer('process_id', None, 'Multi-process runs: this process, 0..num_processes-1 '
+                       '($JAX_PROCESS_ID).')
+  flags.DEFINE_integer('heartbeat_timeout', 60, 'Multi-process runs: seconds after which a silent peer counts '
+                       'as dead and the run stops.')
+
+
+def start_distributed(flag_values, mode: str) -> None:
+  """Starts JAX's distributed runtime from the flags / environment (see `parallel.initialize_distributed`)."""
+  from ma_resnet import parallel
+  try:
+    parallel.initialize_distributed(mode, coordinator_address=flag_values.coordinator_address,
+                                    num_processes=flag_values.num_processes, process_id=flag_values.process_id,
+                                    heartbeat_timeout=flag_values.heartbeat_timeout)
+  except ValueError as e:
+    fail(f'distributed launch: {e}', EXIT_USAGE)
+
+
+def loaded_config(flag_values, name: str = 'config'):
+  """The config of `--<name>=FILE`, or exit 2 with one line when the file is missing, not a file or broken
+  (ml_collections reports a load failure only when the config is first used)."""
+  try:
+    config = flag_values[name].value
+    config.keys()  # a config that failed to load raises on first use
+    return config
+  except Exception as e:  # pylint: disable=broad-except  (ml_collections raises OSError / the file's error)
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    detail = '; '.join(lines[-2:]) if lines else type(e).__name__
+    fail(f'cannot load --{name}: {detail}', EXIT_USAGE)
 
 
 def fail(message: str, code: int) -> None:
@@ -73,6 +111,17 @@ def make_flags_parser(flag_name: str = 'config') -> Callable[[list[str]], list[s
   return parse
 
 
+_WRITE_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EEXIST)
+
+
+def _peer_failure(error: BaseException) -> bool:
+  """In a multi-process run: the error of a collective whose peer process has gone."""
+  import jax
+  text = str(error)
+  return jax.process_count() > 1 and any(marker in text for marker in (
+      'Gloo', 'Connection reset by peer', 'heartbeat', 'UNAVAILABLE', 'NCCL', 'DEADLINE_EXCEEDED'))
+
+
 def run_guarded(main: Callable[[], None]) -> None:
   """Runs `main()`, mapping the expected failures to one message and an exit code (see the docstring)."""
   from ma_resnet.checkpoints import CheckpointError
@@ -85,10 +134,32 @@ def run_guarded(main: Callable[[], None]) -> None:
   except CheckpointError as e:
     fail(str(e), EXIT_CHECKPOINT)
   except DataError as e:
-    fail(f'{e}\n  (check data.root / the dataset folder; nothing was written to the workdir)', EXIT_DATA)
+    fail(f'{e}\n  (check data.root / the dataset folder)', EXIT_DATA)
   except FileNotFoundError as e:
-    fail(str(e), EXIT_CHECKPOINT if 'checkpoint' in str(e) else EXIT_DATA)
+    fail(str(e), EXIT_DATA)
+  except OSError as e:
+    if e.errno in _WRITE_ERRNOS:  # the workdir or its files cannot be written
+      fail(f'cannot write {e.filename or "the workdir"}: {e.strerror}', EXIT_CHECKPOINT)
+    raise
   except ValueError as e:
     if str(e).startswith('invalid config') or 'must be' in str(e):
       fail(str(e), EXIT_USAGE)
+    if _peer_failure(e):
+      _peer_stop(e)
     raise
+  except Exception as e:  # pylint: disable=broad-except
+    if _peer_failure(e):
+      _peer_stop(e)
+    raise
+
+
+def _peer_stop(error: BaseException) -> None:
+  """One line, then exit at once: a normal exit would wait for JAX's shutdown barrier, which the dead peer
+  never reaches (the process would then abort after the heartbeat timeout)."""
+  import jax
+  first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+  print(f'error: process {jax.process_index()} of {jax.process_count()}: a peer process stopped (its '
+        f'collective failed: {first[:300]}). This process stops too; the last checkpoint is kept. Restart every '
+        'process with the same command to resume.', file=sys.stderr, flush=True)
+  sys.stdout.flush()
+  os._exit(EXIT_PEER)

@@ -1,4 +1,9 @@
-"""Run logs in the workdir: TensorBoard events, `metrics.jsonl`, `config.json`, and the progress bar.
+"""Run logs in the workdir: TensorBoard events, `metrics.jsonl`, `config.json`, the library log, the progress bar.
+
+Quiet runs: `quiet_console()` (train.py, eval.py) keeps library INFO (orbax, grain, absl) and orbax's
+warnings off the console, which then shows the progress bar, the validation summaries, where things were
+written, and warnings and errors; `log_to_file(path)` sends the library log, from the start of the process,
+to `<workdir>/train.log` once the run may write its workdir. `--verbosity=0` (absl) brings it all back.
 
 Only process 0 writes. `metrics.jsonl` has one JSON object per line: {"step": s, "loss": ..., "lr": ..., ...}
 for every training step, and {"step": s, "eval/miou": ...} after each validation run. When a run resumes
@@ -8,6 +13,8 @@ first, so the file reads as one uninterrupted run.
 from __future__ import annotations
 
 import json
+import logging as std_logging
+from logging import handlers as log_handlers
 import math
 import os
 import sys
@@ -20,6 +27,49 @@ from ma_resnet.files import atomic_write_text
 
 METRICS_FILE = 'metrics.jsonl'
 CONFIG_FILE = 'config.json'
+LOG_FILE = 'train.log'
+
+_pending_log: log_handlers.MemoryHandler | None = None  # library records before the log file exists
+
+
+class _NotOrbaxChatter(std_logging.Filter):
+  """Drops orbax's INFO and WARNING records (routine checkpoint-manager notes) from the console."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return record.levelno >= std_logging.ERROR or f'{os.sep}orbax{os.sep}' not in record.pathname
+
+
+def quiet_console(verbose: bool = False) -> None:
+  """Console: warnings and errors only (orbax's routine warnings left out), unless `verbose`. Everything
+  from INFO up is kept in memory for `log_to_file`."""
+  global _pending_log
+  root = std_logging.getLogger()
+  if not verbose:
+    console = logging.get_absl_handler()
+    console.setLevel(std_logging.WARNING)
+    console.addFilter(_NotOrbaxChatter())
+  logging.set_verbosity(logging.INFO)
+  if _pending_log is None:
+    _pending_log = log_handlers.MemoryHandler(capacity=1 << 20, flushLevel=std_logging.CRITICAL + 1)
+    _pending_log.setLevel(std_logging.INFO)
+    root.addHandler(_pending_log)
+
+
+def log_to_file(path: str) -> str:
+  """From now on the library log (INFO and up) also goes to `path`, after what was kept since
+  `quiet_console`. Returns `path`."""
+  global _pending_log
+  handler = std_logging.FileHandler(path)
+  handler.setLevel(std_logging.INFO)
+  handler.setFormatter(std_logging.Formatter('%(asctime)s %(levelname).1s %(filename)s:%(lineno)d] %(message)s'))
+  root = std_logging.getLogger()
+  root.addHandler(handler)
+  if _pending_log is not None:
+    _pending_log.setTarget(handler)
+    _pending_log.flush()
+    root.removeHandler(_pending_log)
+    _pending_log = None
+  return path
 
 
 def write_config(workdir: str, config) -> None:
@@ -93,6 +143,13 @@ class MetricWriter:
       self._jsonl = None
 
 
+def console(message: str) -> None:
+  """A line for the person running the program (stderr, process 0 only), also in the log file."""
+  logging.info('%s', message)
+  if jax.process_index() == 0:
+    print(message, file=sys.stderr, flush=True)
+
+
 class StepTimer:
   """Steps per second since the previous call."""
 
@@ -125,9 +182,10 @@ class ProgressBar:
 
   def write(self, message: str) -> None:
     if self._bar is not None:
+      logging.info('%s', message)
       self._bar.write(message)
-    elif jax.process_index() == 0:
-      print(message, file=sys.stderr)
+    else:
+      console(message)
 
   def close(self) -> None:
     if self._bar is not None:

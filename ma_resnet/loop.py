@@ -48,16 +48,16 @@ def _eval_lanes(config, mesh) -> int:
 
 
 def prepare(config: ml_collections.ConfigDict, mesh):
-  """Everything that can fail on the inputs, before anything is written: config, data, model, state shapes.
-
-  Returns (num_classes, train iterator, model, tx, schedule, class_weights (None when class_balance is 0)).
-  """
+  """Everything that can fail on the inputs, before anything is written: config, every data file of the train
+  and evaluation splits, model, optimizer. Returns (num_classes, train iterator, model, tx, schedule,
+  class_weights (None when class_balance is 0))."""
   train_config.validate(config)
   local_batch = _local_batch_size(config, mesh)
   num_classes = data_lib.num_classes(config.data)
+  for note in data_lib.validate_data(config.data, [config.data.split, config.eval_split]):
+    logging.warning('%s', note)
   train_iter = data_lib.make_train_iterator(config.data, batch_size=local_batch, seed=int(config.seed),
                                             shard_index=jax.process_index(), shard_count=jax.process_count())
-  data_lib.make_sequences(config.data, config.eval_split)  # the evaluation split must exist too
   model = models.build(config.model, num_classes)
   schedule = learning_rate_schedule(config)
   tx = make_optimizer(config, schedule)
@@ -70,67 +70,105 @@ def prepare(config: ml_collections.ConfigDict, mesh):
   return num_classes, train_iter, model, tx, schedule, class_weights
 
 
+def _finished_result(workdir: str, step: int) -> TrainResult | None:
+  """The result of a run that already reached its last step (its train_result.json), else None."""
+  path = os.path.join(workdir, RESULT_FILE)
+  try:
+    with open(path) as f:
+      stored = json.load(f)
+  except (OSError, ValueError):
+    return None
+  if int(stored.get('step', -1)) != step:
+    return None
+  return TrainResult(step=step, eval_metrics=stored.get('eval_metrics'), seconds=float(stored.get('seconds', 0)))
+
+
+def _batch_size_changed(ckpt, step: int, config, allow_new_batch_size: bool) -> bool:
+  """Whether the run at `step` was trained with another batch_size; ValueError unless that is allowed."""
+  stored = ckpt.stored_config_or_none(step)
+  before, now = (stored or {}).get('batch_size'), int(config.batch_size)
+  if before is None or int(before) == now:
+    return False
+  if not allow_new_batch_size:
+    raise ValueError(f'invalid config: batch_size is {now} but the run in {ckpt.directory} was trained with '
+                     f'{before} (the step count and the learning-rate schedule would mean something else); '
+                     'resume with the same batch_size, or pass --allow_new_batch_size to resume with this one')
+  logging_utils.console(f'batch_size changed from {before} to {now}: the training data order starts again')
+  return True
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = True,
-                       mesh=None) -> TrainResult:
+                       mesh=None, allow_new_batch_size: bool = False) -> TrainResult:
   """Trains `config` in `workdir`, resuming from its latest checkpoint; see `train.py`.
 
-  Order of events, so that a bad input never touches the workdir: config check, dataset and model built,
-  existing checkpoint checked against the model (mismatch: `checkpoints.CheckpointMismatchError`),
-  `init_from` loaded; only then are config.json, logs and checkpoints written.
+  Order of events, so that a bad input never touches the workdir: config check, every data file checked,
+  model built, an existing checkpoint checked against the model (mismatch: `checkpoints.CheckpointMismatchError`)
+  and against the batch size, `init_from` loaded; only then are logs and checkpoints written. config.json is
+  written with the first checkpoint of a new run, and by a resume only when it finishes, so a failing resume
+  (NaN, a fault) never replaces the run's config (each checkpoint stores its own config anyway). A run that already reached `num_steps` is left as it is (nothing is written).
   """
   start_time = time.time()
   workdir = os.path.abspath(workdir)
   mesh = mesh or parallel.make_mesh()
-  num_classes, train_iter, model, tx, schedule, class_weights = prepare(config, mesh)
+  try:
+    num_classes, train_iter, model, tx, schedule, class_weights = prepare(config, mesh)
+  except data_lib.DataError as e:
+    raise type(e)(f'{e}\n  (nothing was written to {workdir})') from None
   has_memory = config.model.temporal != 'plain'
-  rng = jax.random.key(int(config.seed))
-  init_rng, step_rng = jax.random.split(rng)
+  replicated = parallel.replicated(mesh)
+  init_rng, step_rng = jax.jit(lambda: tuple(jax.random.split(jax.random.key(int(config.seed)))),
+                               out_shardings=(replicated, replicated))()
 
   ckpt = checkpoints_lib.TrainCheckpoints(os.path.join(workdir, checkpoints_lib.CHECKPOINT_DIR),
                                           keep=int(config.keep_checkpoints))
   abstract_state = abstract_train_state(config, model, tx)
   latest = ckpt.latest_step()
+  num_steps = int(config.num_steps)
   if latest is not None:
     ckpt.check_compatible(latest, abstract_state, config)  # raises before anything is written
-    state = ckpt.restore(latest, abstract_state, train_iter, mesh)
-    logging.info('Resumed from %s (step %d)', ckpt.step_path(latest), int(state.step))
+    new_batch_size = _batch_size_changed(ckpt, latest, config, allow_new_batch_size)
+    finished = _finished_result(workdir, latest) if latest >= num_steps else None
+    if finished is not None:
+      data_lib.close_iterator(train_iter)
+      logging_utils.console(f'The run in {workdir} is finished (step {latest} of {num_steps}): nothing to do, '
+                            f'every file kept. Raise --config.num_steps to train on.')
+      return finished
+    state = ckpt.restore(latest, abstract_state, None if new_batch_size else train_iter, mesh)
+    logging_utils.console(f'Resumed from {ckpt.step_path(latest)} (step {int(state.step)})')
     resumed_from = int(state.step)
   else:
     state = create_train_state(config, model, tx, init_rng, mesh)
     if config.init_from:
       state = checkpoints_lib.load_pretrained_encoder(state, config.init_from, config.model, mesh)
-      logging.info('Encoder initialised from %s', config.init_from)
+      logging_utils.console(f'Encoder initialised from {config.init_from}')
     resumed_from = 0
 
   # From here on the workdir is written.
   writer = logging_utils.MetricWriter(workdir, resume_step=resumed_from)
-  logging_utils.write_config(workdir, config)
+  if jax.process_index() == 0:
+    logging_utils.log_to_file(os.path.join(workdir, logging_utils.LOG_FILE))
   ckpt.open_for_writing(config)
 
   train_step = make_train_step(config, schedule, has_memory, class_weights)
-  replicated = parallel.replicated(mesh)
   p_train_step = jax.jit(train_step, in_shardings=(replicated, parallel.data_sharding(mesh), replicated),
                          out_shardings=(replicated, replicated),
                          donate_argnums=(0,) if jax.default_backend() != 'cpu' else ())
   p_all_finite = jax.jit(all_finite, out_shardings=replicated)
-  step_rng = parallel.replicate(step_rng, mesh)
 
   evaluator = evaluation.Evaluator(model, config.data, config.eval_split, lanes=_eval_lanes(config, mesh),
                                    mesh=mesh, class_names=data_lib.class_names(config.data))
-  num_steps = int(config.num_steps)
   step = int(state.step)
   eval_metrics = None
   bar = logging_utils.ProgressBar(total=num_steps, initial=step, enabled=progress)
   pending = []  # per-step device metrics since the last log
   timer = logging_utils.StepTimer(step)
+  config_written = resumed_from > 0  # a resume writes config.json only once it has finished (below)
 
   def check_finite(what_step: int):
     if not bool(p_all_finite(state.params)):
       raise NonFiniteLossError(f'parameters became NaN/inf by step {what_step}')
 
   try:
-    if step >= num_steps:
-      logging.info('Already at step %d >= num_steps %d: nothing to train.', step, num_steps)
     while step < num_steps:
       batch = parallel.shard_batch(next(train_iter), mesh)
       state, metrics = p_train_step(state, batch, step_rng)
@@ -144,18 +182,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, progr
         pending = []
         if not summary['finite']:
           raise NonFiniteLossError(f"loss is {summary['bad_value']} at step {summary['bad_step']}")
+        ckpt.check_for_errors()  # a failed background checkpoint write stops the run here
       if do_eval:
         check_finite(step)
         eval_metrics = evaluator.evaluate(state.variables)
         writer.write_scalars(step, {f'eval/{k}': v for k, v in eval_metrics.scalars().items()})
-        logging.info('step %d: %s mIoU %.4f, pixel accuracy %.4f (%.1f frames/s)', step, config.eval_split,
-                     eval_metrics.miou, eval_metrics.pixel_accuracy, eval_metrics.frames_per_second)
-        bar.write(f'step {step}: {config.eval_split} mIoU {eval_metrics.miou:.4f} '
-                  f'pixel accuracy {eval_metrics.pixel_accuracy:.4f}')
+        bar.write(f'step {step}: {config.eval_split} mIoU {eval_metrics.miou:.4f}, pixel accuracy '
+                  f'{eval_metrics.pixel_accuracy:.4f}, {eval_metrics.frames_per_second:.1f} frames/s')
       if do_save:
         check_finite(step)
-        ckpt.save(step, state, train_iter,
-                  metrics={'miou': float(eval_metrics.miou)} if do_eval else None)
+        ckpt.save(step, state, train_iter, metrics={'miou': float(eval_metrics.miou)} if do_eval else None)
+        if not config_written:
+          ckpt.wait()  # the first checkpoint of a new run is on disk: its config becomes the run's
+          logging_utils.write_config(workdir, config)
+          config_written = True
+    ckpt.wait()
+    if resumed_from > 0:
+      logging_utils.write_config(workdir, config)
   except NonFiniteLossError as e:
     ckpt.wait()
     kept = ckpt.latest_step()
@@ -167,12 +210,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, progr
     bar.close()
     ckpt.close()
     writer.close()
+    data_lib.close_iterator(train_iter)
   seconds = time.time() - start_time
   result = TrainResult(step=step, eval_metrics=eval_metrics.to_json() if eval_metrics else None,
                        seconds=seconds)
   if jax.process_index() == 0:
-    atomic_write_text(os.path.join(workdir, RESULT_FILE),
-                                    json.dumps(dataclasses.asdict(result), indent=2) + '\n')
+    atomic_write_text(os.path.join(workdir, RESULT_FILE), json.dumps(dataclasses.asdict(result), indent=2) + '\n')
   return result
 
 

@@ -11,10 +11,14 @@ normalisation by the number of valid pixels) is a mean over the global batch, an
 reductions itself. Batch-norm statistics are therefore synchronised across all devices and hosts (like
 SyncBatchNorm), and the update is the same as on one device with the same global batch, up to float rounding.
 
-Multi-process (multi-host) runs: `initialize_distributed('auto')` calls `jax.distributed.initialize()` when the
-environment describes a multi-process launch (JAX_COORDINATOR_ADDRESS, SLURM, Open MPI, ...); each process reads
-its own shard of the data (`shard_index=jax.process_index(), shard_count=jax.process_count()`) and
-`shard_batch` assembles the global array with `jax.make_array_from_process_local_data`.
+Multi-process (multi-host) runs: `initialize_distributed` starts JAX's distributed runtime (gloo collectives
+on CPUs, NCCL on GPUs, the TPU runtime on pods) with the coordinator address, process count and id given
+(train.py / eval.py flags), else from JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID, else
+from what JAX detects itself (SLURM, Open MPI, TPU pods, Kubernetes). Each process reads its rows of every
+global batch (`data.pipeline.GlobalBatchSampler`: N processes train on exactly the batches of one process
+with N devices) and `shard_batch` assembles the global array with `jax.make_array_from_process_local_data`.
+A process that stops (killed, crashed) is noticed by the others through JAX's heartbeats within
+`heartbeat_timeout` seconds; `watch_peers` turns a stalled collective into one clear message and exit code.
 """
 from __future__ import annotations
 
@@ -50,22 +54,63 @@ def multi_process_launch_detected(environ=None) -> bool:
 _initialized = False
 
 
-def initialize_distributed(mode: str = 'auto') -> bool:
-  """Calls `jax.distributed.initialize()` for 'yes', or for 'auto' when a multi-process launch is detected.
+def _env_int(environ, name: str) -> int | None:
+  value = environ.get(name)
+  if value in (None, ''):
+    return None
+  try:
+    return int(value)
+  except ValueError:
+    raise ValueError(f'{name}={value!r} is not an integer') from None
+
+
+def distributed_arguments(coordinator_address: str | None = None, num_processes: int | None = None,
+                          process_id: int | None = None, environ=None) -> dict:
+  """The launch (flags first, then JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID) as keyword
+  arguments of `jax.distributed.initialize`; missing values are left to JAX's own cluster detection."""
+  environ = os.environ if environ is None else environ
+  arguments = {
+      'coordinator_address': coordinator_address or environ.get('JAX_COORDINATOR_ADDRESS') or None,
+      'num_processes': num_processes if num_processes is not None else _env_int(environ, 'JAX_NUM_PROCESSES'),
+      'process_id': process_id if process_id is not None else _env_int(environ, 'JAX_PROCESS_ID'),
+  }
+  n, i = arguments['num_processes'], arguments['process_id']
+  if n is not None and n < 1:
+    raise ValueError(f'the number of processes must be >= 1, got {n}')
+  if i is not None and n is not None and not 0 <= i < n:
+    raise ValueError(f'process id {i} is not in 0..{n - 1} (number of processes {n})')
+  if arguments['coordinator_address'] and (n is None or i is None) and not multi_process_launch_detected(
+      {k: v for k, v in environ.items() if k not in _MULTI_PROCESS_ENV}):
+    raise ValueError('a coordinator address needs the number of processes and this process\'s id: '
+                     '--num_processes and --process_id (or JAX_NUM_PROCESSES and JAX_PROCESS_ID)')
+  return {k: v for k, v in arguments.items() if v is not None}
+
+
+def initialize_distributed(mode: str = 'auto', *, coordinator_address: str | None = None,
+                           num_processes: int | None = None, process_id: int | None = None,
+                           heartbeat_timeout: int = 60, initialization_timeout: int = 300) -> bool:
+  """Starts `jax.distributed` for mode 'yes', or for 'auto' when a multi-process launch is given or detected.
 
   Must run before anything touches the devices. Returns whether the distributed runtime was initialised.
+  heartbeat_timeout: seconds after which a silent peer counts as dead (the run then stops);
+  initialization_timeout: seconds to wait for every process to join.
   """
   global _initialized
   if mode not in ('auto', 'yes', 'no'):
     raise ValueError(f"distributed must be 'auto', 'yes' or 'no', got {mode!r}")
   if _initialized:
     return True
-  if mode == 'yes' or (mode == 'auto' and multi_process_launch_detected()):
-    jax.distributed.initialize()
-    _initialized = True
-    logging.info('jax.distributed initialised: process %d of %d, %d local / %d global devices',
-                 jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count())
-  return _initialized
+  arguments = distributed_arguments(coordinator_address, num_processes, process_id)
+  if mode == 'no' or (mode == 'auto' and not arguments and not multi_process_launch_detected()):
+    return False
+  if arguments.get('num_processes') == 1:
+    return False
+  jax.distributed.initialize(**arguments, heartbeat_timeout_seconds=int(heartbeat_timeout),
+                             initialization_timeout=int(initialization_timeout))
+  _initialized = True
+  logging.info('jax.distributed initialised: process %d of %d, %d local / %d global devices',
+               jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count())
+  return True
 
 
 def make_mesh(devices=None) -> Mesh:
@@ -104,8 +149,12 @@ def shard_batch(batch: dict[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-  """Puts every leaf of `tree` on every device of the mesh (same value everywhere)."""
-  return jax.device_put(tree, replicated(mesh))
+  """Puts every leaf of `tree` (host or single-device values, the same in every process) on every device of
+  the mesh. Works across processes: each process contributes the copy for its own devices."""
+  sharding = replicated(mesh)
+  if jax.process_count() == 1:
+    return jax.device_put(tree, sharding)
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree)
 
 
 def local_rows(array: jax.Array) -> np.ndarray:

@@ -170,3 +170,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
        f"distributed must be 'auto', 'yes' or 'no', got {config.distributed!r}")
   need(config.class_balance >= 0, f'class_balance must be >= 0, got {config.class_balance}')
   need(config.aux_loss_weight >= 0, f'aux_loss_weight must be >= 0, got {config.aux_loss_weight}')
+  from ma_resnet.data.pipeline import DATASET_NAMES
+  need(config.data.name in DATASET_NAMES, f'data.name must be one of {DATASET_NAMES}, got {config.data.name!r}')
+  need(config.data.get('source', 'folder') in ('folder', 'tfds'),
+       f"data.source must be 'folder' or 'tfds', got {config.data.get('source')!r}")
+  need(config.data.clip_length >= 1, f'data.clip_length must be >= 1, got {config.data.clip_length}')
+  from ma_resnet.models.build import validate_model_config
+  validate_model_config(config.model)

@@ -17,7 +17,7 @@ from ma_resnet.data.errors import DataError, DataNotFoundError
 from ma_resnet.data.image_files import IGNORE_INDEX
 from ma_resnet.data.pipeline import (IMAGENET_MEAN, IMAGENET_STD, ClipSource, EvalStream, class_names, class_pixel_counts, close_iterator,
                                      default_data_config, ignore_index, make_eval_stream, make_sequences,
-                                     make_train_iterator, make_train_loader, num_classes, palette)
+                                     make_train_iterator, make_train_loader, num_classes, palette, validate_data)
 from ma_resnet.data.sequences import Frame, SequenceDataset
 from ma_resnet.data.synthetic import SyntheticVideo, per_frame_miou_bound
 from ma_resnet.data.vspw import (VSPW_CLASS_NAMES, VSPW_NUM_CLASSES, VSPW_PALETTE, VSPW_PERSON_CLASS,
@@ -31,5 +31,6 @@ __all__ = [
     "VSPW_PALETTE", "VSPW_PERSON_CLASS", "VSPW_PERSON_CLASS_NAMES", "VSPW_PERSON_PALETTE", "VspwSequences",
     "augment_clip", "class_names", "class_pixel_counts", "close_iterator", "default_data_config", "ignore_index", "make_eval_stream", "make_sequences",
     "make_train_iterator", "make_train_loader", "normalize_images", "num_classes", "palette", "parse_frame_name",
+    "validate_data",
     "per_frame_miou_bound", "resize_clip", "sample_clip_augmentation",
 ]

@@ -59,12 +59,26 @@ def read_label_image(path: str | os.PathLike) -> np.ndarray:
   raise DataError(f"label file {path} has image mode {image.mode!r}; expected a single-channel ('L' or 'P') PNG")
 
 
-def check_same_size(image: np.ndarray, label: np.ndarray, image_path: str, label_path: str) -> None:
+def verify_image(path: str | os.PathLike) -> tuple[tuple[int, int], str]:
+  """((H, W), mode) of an image file whose data is intact (Pillow's `verify`: structure and checksums, without
+  decoding the pixels); DataError naming the file otherwise."""
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise DataNotFoundError(f"image file not found: {path}")
+  try:
+    with Image.open(path) as image:
+      size, mode = (image.height, image.width), image.mode
+      image.verify()
+  except _DECODE_ERRORS as error:
+    raise DataError(f"cannot decode image file {path} (truncated or corrupt?): {error}") from error
+  return size, mode
+
+
+def check_same_size(image_size, label_size, image_path: str, label_path: str) -> None:
   """Raises DataError naming both files when the label's (H, W) differs from the image's."""
-  if image.shape[:2] != label.shape[:2]:
-    raise DataError(
-        f"label file {label_path} has size {label.shape[1]}x{label.shape[0]} (WxH) but its image "
-        f"{image_path} has size {image.shape[1]}x{image.shape[0]}")
+  (ih, iw), (lh, lw) = tuple(image_size)[:2], tuple(label_size)[:2]
+  if (ih, iw) != (lh, lw):
+    raise DataError(f"label file {label_path} has size {lw}x{lh} (WxH) but its image {image_path} has size {iw}x{ih}")
 
 
 class LabelMapping:

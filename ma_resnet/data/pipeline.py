@@ -86,7 +86,9 @@ Data config fields (defaults of default_data_config('camvid'); other datasets di
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import sys
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -222,8 +224,10 @@ def make_sequences(data_config: Any, split: str | None = None) -> SequenceDatase
     synthetic = _field(data_config, "synthetic")
     counts = {"train": synthetic.num_train_sequences, "val": synthetic.num_val_sequences,
               "test": synthetic.num_test_sequences}
+    if split not in counts:
+      raise DataNotFoundError(f"the synthetic video has no split {split!r}; its splits are {sorted(counts)}")
     return SyntheticVideo(
-        split, num_sequences=counts.get(split, synthetic.num_val_sequences),
+        split, num_sequences=counts[split],
         frames_per_sequence=synthetic.frames_per_sequence, height=synthetic.height, width=synthetic.width,
         num_object_classes=synthetic.num_object_classes, num_objects=synthetic.num_objects,
         reveal_period=synthetic.reveal_period, min_size=synthetic.min_size, max_size=synthetic.max_size,
@@ -373,6 +377,44 @@ class FormatClip(grain.transforms.Map):
             "labelled": np.asarray(element["labelled"], bool), "sequence_start": sequence_start}
 
 
+class GlobalBatchSampler:
+  """Every process reads its rows of the *global* batches, so N processes with one device each train on
+  exactly the batches (same clips, same augmentation draws, same row order) one process with N devices does.
+
+  grain's DataLoader with `ShardOptions(i, N)` asks the sampler for indices k*N + i. This sampler maps the
+  k-th request of process i to global stream position (k // b) * B + i * b + k % b (B = global batch, b = B / N
+  rows per process): process i reads rows i*b .. (i+1)*b-1 of each global batch. The clip at a position and
+  its rng come from grain's `IndexSampler` over all clips (a seeded shuffle per epoch, rng from the position),
+  exactly as in a single-process run, where the mapping is the identity.
+  """
+
+  def __init__(self, num_records: int, *, global_batch: int, shard_index: int, shard_count: int, shuffle: bool,
+               num_epochs: int | None, seed: int):
+    if global_batch % shard_count:
+      raise ValueError(f"the global batch ({global_batch}) must split evenly over the {shard_count} processes")
+    self._stream = grain.samplers.IndexSampler(num_records=num_records, shuffle=shuffle, num_epochs=num_epochs,
+                                               seed=seed)
+    self._global_batch, self._shard_count = int(global_batch), int(shard_count)
+    self._rows = self._global_batch // self._shard_count
+    self._repr = (f"GlobalBatchSampler(num_records={num_records}, global_batch={global_batch}, "
+                  f"shard_count={shard_count}, shuffle={shuffle}, num_epochs={num_epochs}, seed={seed})")
+
+  def position(self, index: int) -> int:
+    """The global stream position that grain's sampler index `index` (= k * N + i) reads."""
+    k, i = divmod(index, self._shard_count)
+    return (k // self._rows) * self._global_batch + i * self._rows + k % self._rows
+
+  def __len__(self) -> int:
+    length = len(self._stream)
+    return length if length == sys.maxsize else length - length % self._global_batch
+
+  def __getitem__(self, index: int):
+    return dataclasses.replace(self._stream[self.position(index)], index=index)
+
+  def __repr__(self) -> str:
+    return self._repr
+
+
 def _shard(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
   if shard_index is None or shard_count is None:
     import jax  # only to ask for the process layout
@@ -386,6 +428,26 @@ def _ensure_absl_flags_parsed() -> None:
   from absl import flags
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
+
+
+def validate_data(data_config: Any, splits) -> list[str]:
+  """Checks every file of `splits` (`FileSequenceDataset.validate`) before a run writes anything: one DataError
+  naming the first bad file. Returns warnings, one per kind: frames that are not RGB, and sequences of the
+  training split too short for one clip (they give no training example)."""
+  notes = []
+  for split in dict.fromkeys(splits):
+    sequences = make_sequences(data_config, split)
+    unusual = sequences.validate() if hasattr(sequences, "validate") else {}
+    for mode, paths in sorted(unusual.items()):
+      notes.append(f"{len(paths)} {split} frame(s) are {mode} images, read as RGB, e.g. {paths[0]}")
+    if split == _field(data_config, "split"):
+      clip_length = int(_field(data_config, "clip_length"))
+      short = [name for name, length in zip(sequences.sequence_names, sequences.sequence_lengths)
+               if length < clip_length]
+      if short:
+        notes.append(f"{len(short)} {split} sequence(s) have fewer than clip_length={clip_length} frames and give "
+                     f"no training clip: {', '.join(short[:5])}{' ...' if len(short) > 5 else ''}")
+  return notes
 
 
 def make_train_loader(data_config: Any, *, batch_size: int | None = None, seed: int | None = None,
@@ -403,12 +465,13 @@ def make_train_loader(data_config: Any, *, batch_size: int | None = None, seed: 
                       _field(data_config, "clip_start_stride"))
   shard_options = grain.sharding.ShardOptions(shard_index=shard_index, shard_count=shard_count,
                                               drop_remainder=True)
-  if len(source) < shard_count:
-    raise DataError(f"{source!r} has {len(source)} clips, fewer than the {shard_count} shards")
+  if len(source) < batch_size * shard_count:
+    raise DataError(f"{source!r} has {len(source)} clips, fewer than one global batch ({batch_size} x "
+                    f"{shard_count} processes)")
   num_epochs = _field(data_config, "num_epochs")
-  sampler = grain.samplers.IndexSampler(num_records=len(source), shard_options=shard_options,
-                                        shuffle=bool(_field(data_config, "shuffle")),
-                                        num_epochs=None if num_epochs is None else int(num_epochs), seed=seed)
+  sampler = GlobalBatchSampler(len(source), global_batch=batch_size * shard_count, shard_index=shard_index,
+                               shard_count=shard_count, shuffle=bool(_field(data_config, "shuffle")),
+                               num_epochs=None if num_epochs is None else int(num_epochs), seed=seed)
   worker_count = int(_field(data_config, "worker_count"))
   if worker_count > 0:
     _ensure_absl_flags_parsed()

@@ -22,7 +22,8 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from ma_resnet.data.errors import DataError
-from ma_resnet.data.image_files import IGNORE_INDEX, LabelMapping, check_same_size, read_label_image, read_rgb_image
+from ma_resnet.data.image_files import (IGNORE_INDEX, LabelMapping, check_same_size, read_label_image, read_rgb_image,
+                                       verify_image)
 
 
 class Frame(NamedTuple):
@@ -141,8 +142,25 @@ class FileSequenceDataset(SequenceDataset):
     if entry.label_path is None:
       return Frame(image, np.full(image.shape[:2], IGNORE_INDEX, np.uint8), False)
     raw = read_label_image(entry.label_path)
-    check_same_size(image, raw, entry.image_path, entry.label_path)
+    check_same_size(image.shape, raw.shape, entry.image_path, entry.label_path)
     return Frame(image, self._label_mapping(raw, entry.label_path), True)
+
+  def validate(self) -> dict[str, list[str]]:
+    """Checks every file of the split before training touches it: image data intact (without decoding the
+    pixels), every label decodable, single-channel, of its image's size and with known values. Raises one
+    DataError naming the first bad file; returns the image files that are not RGB, by mode ('RGBA': ...),
+    which are read as RGB (alpha dropped, grey replicated)."""
+    unusual: dict[str, list[str]] = {}
+    for frames in self._frames:
+      for entry in frames:
+        (h, w), mode = verify_image(entry.image_path)
+        if mode != "RGB":
+          unusual.setdefault(mode, []).append(entry.image_path)
+        if entry.label_path is not None:
+          raw = read_label_image(entry.label_path)
+          check_same_size((h, w), raw.shape, entry.image_path, entry.label_path)
+          self._label_mapping(raw, entry.label_path)
+    return unusual
 
   def __repr__(self) -> str:
     if self._repr is None:  # the fingerprint walks every frame: compute once

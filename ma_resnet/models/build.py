@@ -2,7 +2,8 @@
 
     model = build(config.model, num_classes=11)
 
-`config.model` (an `ml_collections.ConfigDict` or any mapping) has the fields of `default_model_config()`.
+`config.model` (an `ml_collections.ConfigDict` or any mapping) has the fields of `default_model_config()`
+(`default_model_options()` is the same as plain dicts: building a model does not need ml_collections).
 Configs, evaluation, predict, notebooks, benchmarks and tests build models here and never assemble them by hand
 (the converters of the authors' checkpoints build their exact reference models themselves).
 
@@ -15,7 +16,6 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping
 
 import jax.numpy as jnp
-import ml_collections
 from absl import logging
 
 from ma_resnet.models.attention import DEFAULT_CHUNK
@@ -42,14 +42,21 @@ AUX_HEADS: dict[str, Callable[..., Any]] = {
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
-def default_model_config() -> ml_collections.ConfigDict:
-  """The reference model: MA-ResNet50-vd, OS 8, DeepLabV3+, PCMA as in the authors' code.
+def default_model_config():
+  """The reference model: MA-ResNet50-vd, OS 8, DeepLabV3+, PCMA as in the authors' code, as an
+  `ml_collections.ConfigDict` (`default_model_options()` as plain dicts).
 
   The authors' code puts PCMA on stages 1-3, but DeepLabV3+ reads only stages 1 and 4 and the enhanced maps
   go only to the head, so stages 2-3 cannot change a prediction: the default builds stage 1 only (same
   logits). `convert.paddle.load_reference` builds all three, as the authors' checkpoints hold them.
   """
-  return ml_collections.ConfigDict({
+  import ml_collections  # only here: `build` takes any mapping
+  return ml_collections.ConfigDict(default_model_options())
+
+
+def default_model_options() -> dict:
+  """`default_model_config()`'s fields as nested plain dicts."""
+  return {
       'temporal': 'pcma',         # see TEMPORAL_MODULES: 'pcma' | 'tma' | 'plain'
       'depth': 50,                # 18 | 34 | 50 | 101 | 152
       'variant': 'vd',            # 'torchvision' | 'vd' | 'v1c'
@@ -57,13 +64,13 @@ def default_model_config() -> ml_collections.ConfigDict:
       'multi_grid': (1, 2, 4),    # dilation multipliers of the last stage, or None
       'contract_dilation': False,  # first block of a dilated stage at half dilation (mmseg ResNetV1c)
       'head': 'deeplabv3plus',    # see HEADS
-      'head_options': ml_collections.ConfigDict({'aspp_rates': (1, 12, 24, 36)}),
+      'head_options': {'aspp_rates': (1, 12, 24, 36)},
       'aux_head': '',             # '' (none) or a name in AUX_HEADS, on stage3 (training only)
       'align_corners': False,     # of the logits' bilinear resize to the input size
       'dtype': 'float32',         # compute dtype: 'float32' | 'bfloat16' (parameters stay float32)
       'precision': 'default',     # of every convolution and matmul: 'default' | 'high' | 'highest' (layers.py)
       'remat': False,             # rematerialise each backbone stage in the backward pass
-      'pcma': ml_collections.ConfigDict({
+      'pcma': {
           'stages': ('stage1',),
           'ratio': 0.25,
           'memory_length': 1,
@@ -76,8 +83,8 @@ def default_model_config() -> ml_collections.ConfigDict:
           'feed_forward': False,
           'attention': 'auto',    # 'auto' | 'dense' | 'chunked' | 'fused' (models/attention.py)
           'attention_chunk': DEFAULT_CHUNK,
-      }),
-      'tma': ml_collections.ConfigDict({
+      },
+      'tma': {
           'memory_length': 2,
           'key_channels': 64,
           'value_channels': 256,
@@ -87,24 +94,20 @@ def default_model_config() -> ml_collections.ConfigDict:
           'detach_memory': False,
           'attention': 'auto',
           'attention_chunk': DEFAULT_CHUNK,
-      }),
-  })
+      },
+  }
 
 
-def tmanet_r50_d8(model: ml_collections.ConfigDict, *, memory_length: int = 2, align_corners: bool = True,
-                  key_channels: int = 64, value_channels: int = 256) -> ml_collections.ConfigDict:
-  """Sets `model` (a `default_model_config()`) to the authors' TMANet R50-D8 and returns it: ResNetV1c-50 with
-  contract_dilation at output stride 8, TMA on stage 4 (bottleneck 512), classifier head (dropout 0.1),
-  mmseg's auxiliary FCN on stage 3. Cityscapes config: T = 2, align_corners True; CamVid: T = 4, False."""
-  model.temporal = 'tma'
-  model.depth, model.variant, model.output_stride = 50, 'v1c', 8
-  model.multi_grid = None
-  model.contract_dilation = True
-  model.head = 'classifier'
-  model.head_options = {'in_stage': 'stage4', 'dropout': 0.1}
-  model.aux_head = 'fcn'
-  model.align_corners = align_corners
-  model.tma.update(memory_length=memory_length, key_channels=key_channels, value_channels=value_channels,
+def tmanet_r50_d8(model, *, memory_length: int = 2, align_corners: bool = True, key_channels: int = 64,
+                  value_channels: int = 256):
+  """Sets `model` (a `default_model_config()` or `default_model_options()`) to the authors' TMANet R50-D8 and
+  returns it: ResNetV1c-50 with contract_dilation at output stride 8, TMA on stage 4 (bottleneck 512),
+  classifier head (dropout 0.1), mmseg's auxiliary FCN on stage 3. Cityscapes config: T = 2, align_corners
+  True; CamVid: T = 4, False."""
+  model.update(temporal='tma', depth=50, variant='v1c', output_stride=8, multi_grid=None, contract_dilation=True,
+               head='classifier', aux_head='fcn', align_corners=align_corners)
+  model['head_options'] = {'in_stage': 'stage4', 'dropout': 0.1}
+  model['tma'].update(memory_length=memory_length, key_channels=key_channels, value_channels=value_channels,
                    channels=512, stage='stage4', matmul_norm=False, detach_memory=False)
   return model
 
@@ -112,8 +115,36 @@ def tmanet_r50_d8(model: ml_collections.ConfigDict, *, memory_length: int = 2, a
 def _choice(config: Mapping, key: str, allowed) -> Any:
   value = config[key]
   if value not in allowed:
-    raise ValueError(f'model.{key} must be one of {sorted(allowed)}, got {value!r}')
+    raise ValueError(f'invalid config: model.{key} must be one of {sorted(allowed)}, got {value!r}')
   return value
+
+
+def validate_model_config(config: Mapping) -> None:
+  """Raises ValueError('invalid config: model.<field> ...') for a field outside its set of values: temporal,
+  depth, variant, output_stride, multi_grid, head, aux_head, dtype, and the options of the temporal module."""
+  from ma_resnet.models.backbones.resnet import DEPTHS, STAGE_GEOMETRY, STAGES, VARIANTS
+  _choice(config, 'temporal', TEMPORAL_MODULES)
+  _choice(config, 'depth', DEPTHS)
+  _choice(config, 'variant', VARIANTS)
+  _choice(config, 'output_stride', STAGE_GEOMETRY)
+  _choice(config, 'head', HEADS)
+  _choice(config, 'dtype', DTYPES)
+  if config.get('aux_head'):
+    _choice(config, 'aux_head', AUX_HEADS)
+  multi_grid = config.get('multi_grid')
+  blocks = DEPTHS[config['depth']][1][3]
+  if multi_grid and len(tuple(multi_grid)) != blocks:
+    raise ValueError(f'invalid config: model.multi_grid needs {blocks} rates for ResNet{config["depth"]} (one per '
+                     f'block of the last stage), got {tuple(multi_grid)}')
+  try:
+    if config['temporal'] == 'pcma':
+      PCMAOptions(**{**dict(config['pcma']), 'stages': tuple(config['pcma']['stages'])})
+    elif config['temporal'] == 'tma':
+      options = TMAOptions(**dict(config['tma']))
+      if options.stage not in STAGES:
+        raise ValueError(f'TMAOptions.stage must be one of {STAGES}, got {options.stage!r}')
+  except (TypeError, ValueError) as e:
+    raise ValueError(f'invalid config: model.{config["temporal"]}: {e}') from None
 
 
 def _pcma(config: Mapping, backbone: ResNet, heads_read: set[str], dtype, precision=None) -> PCMA:
@@ -153,9 +184,8 @@ TEMPORAL_MODULES: dict[str, Callable[..., Any]] = {
 
 def build(config: Mapping, num_classes: int) -> VideoSegmenter:
   """The `VideoSegmenter` described by `config` (see `default_model_config`) for `num_classes` classes."""
-  temporal_name = _choice(config, 'temporal', TEMPORAL_MODULES)
-  head_name = _choice(config, 'head', HEADS)
-  dtype = DTYPES[_choice(config, 'dtype', DTYPES)]
+  validate_model_config(config)
+  temporal_name, head_name, dtype = config['temporal'], config['head'], DTYPES[config['dtype']]
   precision = lax_precision(_choice(config, 'precision', PRECISIONS) if 'precision' in config else 'default')
   multi_grid = config.get('multi_grid')
   backbone = ResNet(depth=config['depth'], variant=config['variant'], output_stride=config['output_stride'],
