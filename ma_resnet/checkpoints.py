@@ -552,6 +552,11 @@ def load_run(path: str, which: str | int = 'best', *, config=None, config_name: 
 # Pretrained encoders.
 
 
+def is_converted(path: str) -> bool:
+  """Whether `path` is a converted encoder (`python -m ma_resnet.convert`), not a training run."""
+  return os.path.isfile(os.path.join(path, 'metadata.json')) and os.path.isdir(os.path.join(path, 'variables'))
+
+
 def load_pretrained_encoder(state, path: str, model_config, mesh=None):
   """`state` with its encoder (`params/backbone`, `batch_stats/backbone`) replaced by a converted ResNet.
 
@@ -599,3 +604,38 @@ def load_pretrained_encoder(state, path: str, model_config, mesh=None):
                        else new_params,
                        batch_stats=type(state.batch_stats)(new_stats) if not isinstance(state.batch_stats, dict)
                        else new_stats)
+
+
+def init_from_run(state, path: str, mesh=None) -> tuple[Any, dict[str, list[str]]]:
+  """`state` with every variable that a previous run's checkpoint also has (same path, same shape) taken from
+  that checkpoint: the stages of a staged recipe (e.g. a per-frame model, then a temporal module on top).
+
+  path: a run folder (its best checkpoint), its checkpoints/ folder or a step folder. Returns the new state and
+  {'loaded': [...], 'new': [...]} (variable paths; 'new' keep their initial values). CheckpointMismatchError when a
+  shared path has another shape, or when nothing matches (not a run of a related model).
+  """
+  store, step, _ = _locate(path, 'best')
+  try:
+    stored = {k: v for k, v in store.stored_shapes(step).items() if k.split('/')[0] in ('params', 'batch_stats')}
+    current = flat_shapes({'params': state.params, 'batch_stats': state.batch_stats})
+    reshaped = sorted(k for k in set(stored) & set(current) if stored[k][0] != current[k][0])
+    shared = sorted(k for k in set(stored) & set(current) if k not in reshaped)
+    if reshaped or not shared:
+      detail = (f'{len(reshaped)} variables have other shapes: '
+                + ', '.join(f'{k} {stored[k][0]} vs {current[k][0]}' for k in reshaped[:MAX_LISTED])
+                if reshaped else 'no variable of the model is in it')
+      raise CheckpointMismatchError(f'init_from={path} ({store.step_path(step)}): {detail}')
+    restored = store.restore_variables(step, mesh)
+  finally:
+    store.close()
+
+  def take(collection, tree):
+    flat = {'/'.join(_key_name(k) for k in p): leaf
+            for p, leaf in jax.tree_util.tree_flatten_with_path(restored.get(collection, {}))[0]}
+    def pick(p, leaf):
+      key = '/'.join((collection,) + tuple(_key_name(k) for k in p))
+      return flat[key.split('/', 1)[1]].astype(leaf.dtype) if key in shared else leaf
+    return jax.tree_util.tree_map_with_path(pick, tree)
+
+  state = state.replace(params=take('params', state.params), batch_stats=take('batch_stats', state.batch_stats))
+  return state, {'loaded': shared, 'new': sorted(set(current) - set(shared))}

@@ -138,9 +138,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, progr
     resumed_from = int(state.step)
   else:
     state = create_train_state(config, model, tx, init_rng, mesh)
-    if config.init_from:
+    if config.init_from and checkpoints_lib.is_converted(config.init_from):
       state = checkpoints_lib.load_pretrained_encoder(state, config.init_from, config.model, mesh)
       logging_utils.console(f'Encoder initialised from {config.init_from}')
+    elif config.init_from:
+      state, report = checkpoints_lib.init_from_run(state, config.init_from, mesh)
+      new = sorted({'/'.join(k.split('/')[:3]) for k in report['new']})
+      logging_utils.console(f'Initialised {len(report["loaded"])} variables from {config.init_from}; new: '
+                            f'{", ".join(new) if new else "none"}')
     resumed_from = 0
 
   # From here on the workdir is written.

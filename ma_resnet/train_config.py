@@ -11,7 +11,8 @@ Fields
                          `model.dtype` is linked to `compute_dtype`: set either one.
   data                   `ma_resnet.data.default_data_config(name)` (root, clip_length, crop_size, ...).
                          Its own `batch_size` / `seed` are ignored: the top-level fields below win.
-  optimizer.name         'sgd' (SGD with momentum, L2 weight decay added to the gradient, as in PaddleSeg)
+  optimizer.name         'sgd' (SGD with momentum, L2 weight decay added to the gradient, as in PaddleSeg) |
+                         'adamw' (decoupled weight decay; b1, b2, eps)
   optimizer.lr           peak learning rate (poly decay starts here after warm-up)
   optimizer.end_lr       learning rate reached at `num_steps`
   optimizer.power        poly power: lr(t) = (lr - end_lr) (1 - t / T)^power + end_lr
@@ -21,6 +22,10 @@ Fields
   optimizer.weight_decay_on  'all' (every parameter, as in PaddleSeg) | 'kernels' (conv/dense kernels only)
   optimizer.warmup       linear warm-up steps from 0 to lr (0: none)
   optimizer.grad_clip_norm  clip gradients to this global norm (0: off)
+  optimizer.frozen       parameter path prefixes that never change (e.g. ('backbone',)); the model's own
+                         `model.frozen` parts are frozen too (they also run in eval mode, see models.build)
+  optimizer.lr_multipliers  {path prefix: m}: those parameters train at m x lr (the longest prefix wins), e.g.
+                         {'backbone': 0.01} (optax.multi_transform over the parameter tree)
   num_steps              training steps (one global batch each)
   batch_size             global batch (clips); split evenly over processes and sharded over all devices
   seed                   parameter init, dropout and data order seed
@@ -30,8 +35,10 @@ Fields
   eval_batch_size        sequences streamed side by side in evaluation (rounded up to the device count)
   checkpoint_every       steps between checkpoints (and one at the end)
   keep_checkpoints       latest checkpoints kept (the best one by validation mIoU is kept in addition)
-  init_from              '' or the folder of a converted torchvision/Paddle ResNet (`python -m
-                         ma_resnet.convert ...`): its variables become the encoder (`backbone`) at step 0
+  init_from              '' | the folder of a converted torchvision ResNet (`python -m ma_resnet.convert ...`): its
+                         variables become the encoder (`backbone`) | a previous train.py run (its folder, or a
+                         step folder): every variable it shares with this model (same path and shape) is taken
+                         from its best checkpoint, the others keep their initial values (staged recipes)
   compute_dtype          'float32' | 'bfloat16' (parameters, optimizer state and the loss stay float32)
   aux_loss_weight        weight of the auxiliary head's loss (used when model.aux_head is set)
   class_balance          0: plain cross-entropy. p > 0: each class's pixels weigh (median class frequency /
@@ -55,7 +62,7 @@ import ml_collections
 from ma_resnet.data import default_data_config
 from ma_resnet.models import default_model_config
 
-OPTIMIZERS = ('sgd',)
+OPTIMIZERS = ('sgd', 'adamw')
 COMPUTE_DTYPES = ('float32', 'bfloat16')
 
 
@@ -78,6 +85,11 @@ def base_config(dataset: str = 'synthetic') -> ml_collections.ConfigDict:
       'weight_decay_on': 'all',
       'warmup': 0,
       'grad_clip_norm': 0.0,
+      'b1': 0.9,
+      'b2': 0.999,
+      'eps': 1e-8,
+      'frozen': (),
+      'lr_multipliers': ml_collections.ConfigDict(),
   })
   config.num_steps = 1000
   config.batch_size = 2

@@ -67,19 +67,61 @@ def _kernel_mask(params):
       lambda path, _: getattr(path[-1], 'key', None) == 'kernel', params)
 
 
+def _path(path) -> str:
+  return '/'.join(str(getattr(k, 'key', k)) for k in path)
+
+
+def parameter_groups(config: ml_collections.ConfigDict) -> tuple[tuple[str, ...], dict[str, float]]:
+  """(frozen path prefixes, {path prefix: lr multiplier}) of the config: `optimizer.frozen`, the model's own
+  `model.frozen` parts, `optimizer.lr_multipliers`."""
+  frozen = tuple(config.optimizer.get('frozen') or ()) + tuple(config.model.get('frozen') or ())
+  return frozen, {str(k): float(v) for k, v in dict(config.optimizer.get('lr_multipliers') or {}).items()}
+
+
+def group_labels(params, frozen: tuple[str, ...], multipliers: dict[str, float]):
+  """Per parameter: 'frozen', or 'lr<m>' for the longest matching `multipliers` prefix (m = 1 by default).
+  A prefix matches a path equal to it or below it ('backbone' matches 'backbone/stem/...')."""
+  def matches(path: str, prefix: str) -> bool:
+    return path == prefix or path.startswith(prefix.rstrip('/') + '/')
+
+  def label(path, _):
+    name = _path(path)
+    if any(matches(name, f) for f in frozen):
+      return 'frozen'
+    hits = [p for p in multipliers if matches(name, p)]
+    return f'lr{multipliers[max(hits, key=len)]:g}' if hits else 'lr1'
+  return jax.tree_util.tree_map_with_path(label, params)
+
+
 def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule
                    ) -> optax.GradientTransformation:
-  """SGD (momentum, L2 weight decay added to the gradient, optional global-norm clipping)."""
+  """The optimizer of `config.optimizer`, with parameter groups.
+
+  name 'sgd': SGD with momentum, L2 weight decay added to the gradient (PaddleSeg / mmseg); 'adamw': AdamW with
+  decoupled weight decay (b1, b2, eps). Optional global-norm clipping of the whole gradient first. Groups
+  (`parameter_groups`): frozen parameters never change (no update, no weight decay); a group with an lr
+  multiplier m gets m times the update of the base optimizer (= the learning rate m·lr for SGD and AdamW).
+  """
   opt = config.optimizer
-  if opt.name != 'sgd':
-    raise ValueError(f'unknown optimizer {opt.name!r}')
-  parts = []
-  if opt.grad_clip_norm and opt.grad_clip_norm > 0:
-    parts.append(optax.clip_by_global_norm(opt.grad_clip_norm))
-  if opt.weight_decay:
-    mask = _kernel_mask if opt.weight_decay_on == 'kernels' else None
-    parts.append(optax.add_decayed_weights(opt.weight_decay, mask=mask))
-  parts.append(optax.sgd(schedule, momentum=opt.momentum or None, nesterov=bool(opt.nesterov)))
+  mask = _kernel_mask if opt.weight_decay_on == 'kernels' else None
+  if opt.name == 'sgd':
+    base = [optax.add_decayed_weights(opt.weight_decay, mask=mask)] if opt.weight_decay else []
+    base.append(optax.sgd(schedule, momentum=opt.momentum or None, nesterov=bool(opt.nesterov)))
+    base = optax.chain(*base)
+  elif opt.name == 'adamw':
+    base = optax.adamw(schedule, b1=float(opt.get('b1', 0.9)), b2=float(opt.get('b2', 0.999)),
+                       eps=float(opt.get('eps', 1e-8)), weight_decay=float(opt.weight_decay), mask=mask)
+  else:
+    raise ValueError(f'invalid config: optimizer.name must be sgd or adamw, got {opt.name!r}')
+  frozen, multipliers = parameter_groups(config)
+  parts = [optax.clip_by_global_norm(opt.grad_clip_norm)] if opt.grad_clip_norm and opt.grad_clip_norm > 0 else []
+  if frozen or multipliers:
+    transforms = {'frozen': optax.set_to_zero(), 'lr1': base}
+    for m in set(multipliers.values()):
+      transforms[f'lr{m:g}'] = optax.chain(base, optax.scale(m))
+    parts.append(optax.multi_transform(transforms, lambda params: group_labels(params, frozen, multipliers)))
+  else:
+    parts.append(base)
   return optax.chain(*parts)
 
 

@@ -141,7 +141,18 @@ def test_clip_source_rejects_short_sequences():
 def test_shard_defaults_to_the_jax_process_layout():
   iterator = make_train_iterator(small_config())  # single-process run: jax.process_index() 0 of 1
   next(iterator)
-  assert "ShardOptions(shard_index=0, shard_count=1" in iterator.get_state().decode()
+  assert "shard_index=0, shard_count=1" in iterator.get_state().decode()
+
+
+def test_processes_read_their_rows_of_the_global_batches():
+  """N processes (shards) together read exactly the batches of one process, rows in the same order."""
+  config = small_config()
+  one = make_train_iterator(config, batch_size=4, shard_index=0, shard_count=1)
+  shards = [make_train_iterator(config, batch_size=2, shard_index=i, shard_count=2) for i in range(2)]
+  for _ in range(4):
+    whole, parts = next(one), [next(s) for s in shards]
+    for key in ("frames", "labels", "labelled", "sequence_start"):
+      np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), whole[key])
 
 
 def test_worker_processes_restore_exactly():

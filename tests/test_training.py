@@ -325,3 +325,77 @@ def test_only_what_the_head_reads_is_built_and_every_statistic_trains():
   for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(early['batch_stats'])[0],
                           jax.tree.leaves(late['batch_stats'])):
     assert not np.array_equal(np.asarray(a), np.asarray(b)), f'{jax.tree_util.keystr(path)} never updated'
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Parameter groups, frozen parts, AdamW, init_from a previous run (the staged recipes).
+
+
+def _steps(config, n=2):
+  model = models.build(config.model, 4)
+  schedule = training.learning_rate_schedule(config)
+  tx = training.make_optimizer(config, schedule)
+  state = training.create_train_state(config, model, tx, jax.random.key(0))
+  rng = np.random.default_rng(0)
+  b, t, (h, w) = 2, config.data.clip_length, config.data.crop_size
+  batch = {'frames': jnp.asarray(rng.normal(size=(b, t, h, w, 3)), jnp.float32),
+           'labels': jnp.asarray(rng.integers(0, 4, size=(b, t, h, w)), jnp.int32),
+           'labelled': jnp.ones((b, t), bool), 'sequence_start': jnp.zeros((b, t), bool).at[:, 0].set(True)}
+  step = jax.jit(training.make_train_step(config, schedule, has_memory=True))
+  new = state
+  for _ in range(n):
+    new, _ = step(new, batch, jax.random.key(1))
+  return state, new
+
+
+def _changed(a, b) -> bool:
+  return any(not np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_frozen_parts_and_lr_multipliers():
+  config = support.load_test_config(**{'model.frozen': ('backbone',), 'optimizer.lr_multipliers': {'head': 0.5},
+                                       'optimizer.momentum': 0.0, 'optimizer.weight_decay': 1e-3})
+  before, after = _steps(config, n=1)
+  # The frozen backbone: no update (no weight decay either), batch norm in eval mode (statistics unchanged).
+  assert not _changed(before.params['backbone'], after.params['backbone'])
+  assert not _changed(before.batch_stats['backbone'], after.batch_stats['backbone'])
+  assert _changed(before.params['temporal'], after.params['temporal'])
+  # Plain SGD: the head's update is half what the same gradient would give at the base learning rate.
+  reference = support.load_test_config(**{'model.frozen': ('backbone',), 'optimizer.momentum': 0.0,
+                                          'optimizer.weight_decay': 1e-3})
+  _, full = _steps(reference, n=1)
+  delta = lambda s: np.asarray(s.params['head']['classifier']['conv']['kernel'] -
+                               before.params['head']['classifier']['conv']['kernel'])
+  np.testing.assert_allclose(delta(after), 0.5 * delta(full), rtol=1e-4, atol=1e-9)
+
+
+def test_adamw_with_clipping_trains():
+  config = support.load_test_config(**{'optimizer.name': 'adamw', 'optimizer.lr': 1e-3, 'optimizer.end_lr': 1e-3,
+                                       'optimizer.weight_decay': 1e-4, 'optimizer.grad_clip_norm': 0.1})
+  before, after = _steps(config)
+  assert _changed(before.params, after.params)
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(after.params))
+
+
+def test_init_from_a_previous_run_takes_the_shared_variables(tmp_path):
+  reference = support.reference_run()  # configs/test.py: PCMA + FCN head
+  config = support.load_test_config(**{'model.temporal': 'tma', 'model.tma.stage': 'stage1',
+                                       'model.tma.memory_length': 1, 'model.tma.channels': 64,
+                                       'model.tma.key_channels': 8, 'model.tma.value_channels': 8})
+  model = models.build(config.model, 4)
+  tx = training.make_optimizer(config, training.learning_rate_schedule(config))
+  state = training.create_train_state(config, model, tx, jax.random.key(3))
+  loaded, report = checkpoints.init_from_run(state, reference)
+  run = checkpoints.load_run(reference)
+  np.testing.assert_array_equal(np.asarray(loaded.params['backbone']['stem']['conv1']['conv']['kernel']),
+                                np.asarray(run.variables['params']['backbone']['stem']['conv1']['conv']['kernel']))
+  assert any(k.startswith('params/temporal/bottleneck') for k in report['new'])
+  assert not any(k.startswith('params/temporal') for k in report['loaded'])  # PCMA's are not TMA's
+  np.testing.assert_array_equal(np.asarray(loaded.params['temporal']['bottleneck']['conv']['kernel']),
+                                np.asarray(state.params['temporal']['bottleneck']['conv']['kernel']))
+  other = support.load_test_config(**{'model.head_options': {'channels': 24, 'num_convs': 1,
+                                                             'concat_input': False, 'in_stage': 'stage1'}})
+  other_model = models.build(other.model, 4)
+  other_state = training.create_train_state(other, other_model, tx, jax.random.key(3))
+  with pytest.raises(checkpoints.CheckpointMismatchError, match='other shapes'):
+    checkpoints.init_from_run(other_state, reference)

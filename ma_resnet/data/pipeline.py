@@ -397,7 +397,8 @@ class GlobalBatchSampler:
     self._global_batch, self._shard_count = int(global_batch), int(shard_count)
     self._rows = self._global_batch // self._shard_count
     self._repr = (f"GlobalBatchSampler(num_records={num_records}, global_batch={global_batch}, "
-                  f"shard_count={shard_count}, shuffle={shuffle}, num_epochs={num_epochs}, seed={seed})")
+                  f"shard_index={shard_index}, shard_count={shard_count}, shuffle={shuffle}, "
+                  f"num_epochs={num_epochs}, seed={seed})")
 
   def position(self, index: int) -> int:
     """The global stream position that grain's sampler index `index` (= k * N + i) reads."""

@@ -70,6 +70,7 @@ def default_model_options() -> dict:
       'dtype': 'float32',         # compute dtype: 'float32' | 'bfloat16' (parameters stay float32)
       'precision': 'default',     # of every convolution and matmul: 'default' | 'high' | 'highest' (layers.py)
       'remat': False,             # rematerialise each backbone stage in the backward pass
+      'frozen': (),               # parts that do not train: 'backbone' | 'temporal' | 'head' | 'aux_head'
       'pcma': {
           'stages': ('stage1',),
           'ratio': 0.25,
@@ -131,6 +132,9 @@ def validate_model_config(config: Mapping) -> None:
   _choice(config, 'dtype', DTYPES)
   if config.get('aux_head'):
     _choice(config, 'aux_head', AUX_HEADS)
+  bad = sorted(set(config.get('frozen') or ()) - {'backbone', 'temporal', 'head', 'aux_head'})
+  if bad:
+    raise ValueError(f"invalid config: model.frozen may name 'backbone', 'temporal', 'head', 'aux_head'; got {bad}")
   multi_grid = config.get('multi_grid')
   blocks = DEPTHS[config['depth']][1][3]
   if multi_grid and len(tuple(multi_grid)) != blocks:
@@ -200,4 +204,5 @@ def build(config: Mapping, num_classes: int) -> VideoSegmenter:
   heads_read = set(stages_read(head)) | (set(stages_read(aux_head)) if aux_head is not None else set())
   temporal = TEMPORAL_MODULES[temporal_name](config, backbone, heads_read, dtype, precision)
   return VideoSegmenter(backbone=backbone, temporal=temporal, head=head, num_classes=num_classes,
-                        aux_head=aux_head, align_corners=bool(config.get('align_corners', False)))
+                        aux_head=aux_head, align_corners=bool(config.get('align_corners', False)),
+                        frozen=tuple(config.get('frozen') or ()))

@@ -51,6 +51,8 @@ class VideoSegmenter(nn.Module):
     num_classes: number of classes.
     aux_head: optional auxiliary head (training only), same interface as `head`.
     align_corners: of the bilinear resize of the logits to the input size (mmseg configs set it per model).
+    frozen: parts that do not train ('backbone', 'temporal', 'head'): they run in eval mode (running batch-norm
+      statistics, no dropout) and pass no gradient back (a frozen feature extractor, as in staged recipes).
   """
   backbone: nn.Module
   temporal: nn.Module
@@ -58,6 +60,13 @@ class VideoSegmenter(nn.Module):
   num_classes: int
   aux_head: nn.Module | None = None
   align_corners: bool = False
+  frozen: tuple[str, ...] = ()
+
+  def _trains(self, part: str, train: bool) -> bool:
+    return train and part not in self.frozen
+
+  def _out(self, part: str, tree):
+    return jax.lax.stop_gradient(tree) if part in self.frozen else tree
 
   def stages_needed(self) -> tuple[str, ...]:
     """The backbone maps something reads: the head, the auxiliary head, the temporal module."""
@@ -93,21 +102,22 @@ class VideoSegmenter(nn.Module):
     if temporal.has_state and temporal.interleaved:
       maps, enhanced, memory = self._interleaved(clip, memory, reset, train)
     else:
-      maps = self.backbone(clip.reshape((b * t, h, w, clip.shape[-1])), train, stages=self.stages_needed())
-      maps = {name: unfold(x) for name, x in maps.items()}
+      maps = self.backbone(clip.reshape((b * t, h, w, clip.shape[-1])), self._trains('backbone', train),
+                           stages=self.stages_needed())
+      maps = self._out('backbone', {name: unfold(x) for name, x in maps.items()})
       enhanced = jnp.zeros((b, t), bool)
       if temporal.has_state:
-        encodings = temporal.encode(maps, train)
+        encodings = temporal.encode(maps, self._trains('temporal', train))
         reads, enhanced, memory = self._scan(memory, encodings, reset)
-        maps = temporal.fuse(maps, reads, enhanced, train)
+        maps = self._out('temporal', temporal.fuse(maps, reads, enhanced, self._trains('temporal', train)))
 
     to_input_size = lambda logits: unfold(
         resize_bilinear(logits, (h, w), align_corners=self.align_corners).astype(jnp.float32))
     head_maps = {name: fold(x) for name, x in maps.items()}
-    logits = to_input_size(self.head(head_maps, train))
+    logits = to_input_size(self.head(head_maps, self._trains('head', train)))
     aux_logits = None
     if self.aux_head is not None and (train or self.is_initializing()):
-      aux_logits = to_input_size(self.aux_head(head_maps, train))
+      aux_logits = to_input_size(self.aux_head(head_maps, self._trains('aux_head', train)))
     return SegmenterOutput(logits, memory, enhanced, maps, aux_logits)
 
   def _scan(self, memory, encodings, reset):
