@@ -20,6 +20,7 @@ import numpy as np
 
 from ma_resnet.models.backbones.resnet import DEPTHS, STAGES, ResNet, stage_channels
 from ma_resnet.models.heads import DeepLabV3PlusHead
+from ma_resnet.models.layers import lax_precision
 from ma_resnet.models.segmenter import VideoSegmenter
 from ma_resnet.models.temporal import PCMA, PCMAOptions
 
@@ -103,16 +104,18 @@ def read_pdparams(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 
 def reference_model(num_classes: int, memory_length: int = 1, ratio: float = 0.25,
-                    dtype: Any = jnp.float32) -> VideoSegmenter:
+                    dtype: Any = jnp.float32, precision: str = 'default') -> VideoSegmenter:
   """The reference architecture: MA-ResNet50-vd (OS 8, multi-grid 1/2/4) + PaddleSeg DeepLabV3+, with PCMA on
   stages 1-3 as in the authors' code (stages 2-3 cannot change the logits, but their enhanced maps are the
-  reference's stage outputs)."""
+  reference's stage outputs). `precision` ('default' | 'high' | 'highest', `layers.lax_precision`): of every
+  convolution and matmul; 'highest' reproduces the authors' float32 numbers on GPUs too (default: TF32)."""
   options = PCMAOptions.reference(memory_length=memory_length, ratio=ratio)
   channels = stage_channels(50)
+  precision = lax_precision(precision)
   return VideoSegmenter(
-      backbone=ResNet(50, 'vd', output_stride=8, multi_grid=(1, 2, 4), dtype=dtype),
-      temporal=PCMA(options, tuple(channels[s] for s in options.stages), dtype=dtype),
-      head=DeepLabV3PlusHead(num_classes, aspp_rates=(1, 12, 24, 36), dtype=dtype),
+      backbone=ResNet(50, 'vd', output_stride=8, multi_grid=(1, 2, 4), dtype=dtype, precision=precision),
+      temporal=PCMA(options, tuple(channels[s] for s in options.stages), dtype=dtype, precision=precision),
+      head=DeepLabV3PlusHead(num_classes, aspp_rates=(1, 12, 24, 36), dtype=dtype, precision=precision),
       num_classes=num_classes,
   )
 
@@ -126,12 +129,13 @@ def reference_table(num_classes: int, ratio: float = 0.25) -> Table:
   return shaped_table(reference_name_table(), expected, ignored=unused)
 
 
-def load_reference(state_dict_or_path, *, num_classes: int, memory_length: int = 1, ratio: float = 0.25):
+def load_reference(state_dict_or_path, *, num_classes: int, memory_length: int = 1, ratio: float = 0.25,
+                   precision: str = 'default'):
   """Returns `(model, variables)` for an authors' checkpoint (path to `.pdparams`, or a name -> array dict).
 
   `model.apply(variables, clip)` with `clip` float32 (B, T, H, W, 3) gives `SegmenterOutput`, whose first
   field is the per-frame logits (B, T, H, W, num_classes). Raises `ConversionError` naming every unknown,
-  missing or mis-shaped name.
+  missing or mis-shaped name. `precision`: see `reference_model`.
   """
   if isinstance(state_dict_or_path, (str, os.PathLike)):
     state = read_pdparams(state_dict_or_path)
@@ -145,4 +149,4 @@ def load_reference(state_dict_or_path, *, num_classes: int, memory_length: int =
   except ConversionError as e:
     raise ConversionError(source + str(e), missing=e.missing, unexpected=e.unexpected,
                           mismatched=e.mismatched) from None
-  return reference_model(num_classes, memory_length, ratio), variables
+  return reference_model(num_classes, memory_length, ratio, precision=precision), variables

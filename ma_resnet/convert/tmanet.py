@@ -43,17 +43,22 @@ _BN = {'weight': ('params', 'scale'), 'bias': ('params', 'bias'), 'running_mean'
 
 
 def reference_model_config(*, memory_length: int = 2, align_corners: bool = True, key_channels: int = 64,
-                           value_channels: int = 256) -> ml_collections.ConfigDict:
-  """`model` config of the authors' TMANet R50-D8 (`models.build.tmanet_r50_d8`)."""
-  return tmanet_r50_d8(default_model_config(), memory_length=memory_length, align_corners=align_corners,
-                       key_channels=key_channels, value_channels=value_channels)
+                           value_channels: int = 256, precision: str = 'default') -> ml_collections.ConfigDict:
+  """`model` config of the authors' TMANet R50-D8 (`models.build.tmanet_r50_d8`). `precision` ('default' |
+  'high' | 'highest'): of every convolution and matmul; 'highest' reproduces the authors' float32 numbers on
+  GPUs too (default: TF32)."""
+  config = tmanet_r50_d8(default_model_config(), memory_length=memory_length, align_corners=align_corners,
+                         key_channels=key_channels, value_channels=value_channels)
+  config.precision = precision
+  return config
 
 
 def reference_model(num_classes: int, memory_length: int = 2, align_corners: bool = True, key_channels: int = 64,
-                    value_channels: int = 256) -> VideoSegmenter:
+                    value_channels: int = 256, precision: str = 'default') -> VideoSegmenter:
   """The reference architecture (see the module docstring)."""
   return build(reference_model_config(memory_length=memory_length, align_corners=align_corners,
-                                      key_channels=key_channels, value_channels=value_channels), num_classes)
+                                      key_channels=key_channels, value_channels=value_channels,
+                                      precision=precision), num_classes)
 
 
 def _conv_module(rows: dict, ignored: set, name: str, path: tuple):
@@ -103,14 +108,16 @@ def reference_table(model: VideoSegmenter) -> Table:
 
 
 def load_reference(state_dict_or_path: Mapping[str, Any] | str | os.PathLike, *, num_classes: int,
-                   memory_length: int, align_corners: bool, key_channels: int = 64, value_channels: int = 256):
+                   memory_length: int, align_corners: bool, key_channels: int = 64, value_channels: int = 256,
+                   precision: str = 'default'):
   """Returns `(model, variables)` for an authors' TMANet checkpoint (a `.pth` path or a name -> array dict).
 
   `model.apply(variables, clip)` with `clip` float32 (B, T+1, H, W, 3) (memory frames oldest first, the
   labelled frame last; normalised as the reference: mean (123.675, 116.28, 103.53), std (58.395, 57.12,
   57.375) on 0-255 RGB) returns `SegmenterOutput` whose first field is the per-frame logits (B, T+1, H, W,
   num_classes); the labelled frame's are at index T (it attends to frames 0..T-1, as in the reference).
-  Raises `ConversionError` naming every unknown, missing or mis-shaped name.
+  Raises `ConversionError` naming every unknown, missing or mis-shaped name. `precision`: see
+  `reference_model_config`.
   """
   if isinstance(state_dict_or_path, (str, os.PathLike)):
     state = torchvision_convert.load_state_dict(state_dict_or_path)
@@ -118,7 +125,7 @@ def load_reference(state_dict_or_path: Mapping[str, Any] | str | os.PathLike, *,
   else:
     state = unwrap_state_dict(state_dict_or_path, 'the state dict')
     source = ''
-  model = reference_model(num_classes, memory_length, align_corners, key_channels, value_channels)
+  model = reference_model(num_classes, memory_length, align_corners, key_channels, value_channels, precision)
   what = (f'the reference TMANet R50-D8 ({num_classes} classes, T={memory_length}, key {key_channels}, '
           f'value {value_channels})')
   try:

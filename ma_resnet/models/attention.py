@@ -165,8 +165,15 @@ def chunked_attention(query, keys, values, position_valid=None, *, scale: float 
 
 
 def _chunks(m: int, chunk: int) -> tuple[int, int, int]:
-  """(chunk width, number of full chunks, remainder) for m positions."""
-  chunk = min(chunk, m)
+  """(chunk width, number of full chunks, remainder) for m positions: equal chunks of at most `chunk` when some
+  count up to twice the fewest needed divides m (10 800 positions by 1024: 12 chunks of 900), so that every
+  chunk is one shape (one kernel to compile and tune); else chunks of `chunk` and a remainder."""
+  if chunk >= m:
+    return m, 1, 0
+  fewest = -(-m // chunk)
+  for count in range(fewest, 2 * fewest + 1):
+    if m % count == 0:
+      return m // count, count, 0
   return chunk, m // chunk, m % chunk
 
 
