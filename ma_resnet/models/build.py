@@ -19,12 +19,13 @@ import jax.numpy as jnp
 from absl import logging
 
 from ma_resnet.models.attention import DEFAULT_CHUNK
+from ma_resnet.models.backbones.lernet import LERNet
 from ma_resnet.models.backbones.resnet import ResNet
 from ma_resnet.models.heads import (ClassifierHead, DeepLabV3PlusHead, DNLHead, FCNHead, PSPHead, SFNetHead,
                                     auxiliary_fcn_head, head_factory, stages_read)
 from ma_resnet.models.layers import PRECISIONS, lax_precision
 from ma_resnet.models.segmenter import VideoSegmenter
-from ma_resnet.models.temporal import PCMA, TMA, PCMAOptions, Plain, TMAOptions
+from ma_resnet.models.temporal import PCMA, THA, TMA, PCMAOptions, Plain, THAOptions, TMAOptions
 
 # head name -> factory(num_classes, dtype, precision=None, **head_options) -> head module
 HEADS: dict[str, Callable[..., Any]] = {
@@ -57,7 +58,8 @@ def default_model_config():
 def default_model_options() -> dict:
   """`default_model_config()`'s fields as nested plain dicts."""
   return {
-      'temporal': 'pcma',         # see TEMPORAL_MODULES: 'pcma' | 'tma' | 'plain'
+      'temporal': 'pcma',         # see TEMPORAL_MODULES: 'pcma' | 'tma' | 'tha' | 'plain'
+      'backbone': 'resnet',       # see BACKBONES: 'resnet' (depth, variant, ... below) | 'lernet' (lernet.*)
       'depth': 50,                # 18 | 34 | 50 | 101 | 152
       'variant': 'vd',            # 'torchvision' | 'vd' | 'v1c'
       'output_stride': 8,         # 8 | 16 | 32
@@ -96,6 +98,19 @@ def default_model_options() -> dict:
           'attention': 'auto',
           'attention_chunk': DEFAULT_CHUNK,
       },
+      'tha': {
+          'key_interval': 5,
+          'reduced_channels': 4,
+          'shared_projection': True,
+          'chunk': 2048,
+          'low': 'low',
+          'high': 'high',
+      },
+      'lernet': {
+          'branch_width': 'full',   # 'full' | 'half' (backbones/lernet.py: the two readings of the paper)
+          'single_branch': False,
+          'dropout': 0.03,
+      },
   }
 
 
@@ -125,6 +140,8 @@ def validate_model_config(config: Mapping) -> None:
   depth, variant, output_stride, multi_grid, head, aux_head, dtype, and the options of the temporal module."""
   from ma_resnet.models.backbones.resnet import DEPTHS, STAGE_GEOMETRY, STAGES, VARIANTS
   _choice(config, 'temporal', TEMPORAL_MODULES)
+  if 'backbone' in config:
+    _choice(config, 'backbone', BACKBONES)
   _choice(config, 'depth', DEPTHS)
   _choice(config, 'variant', VARIANTS)
   _choice(config, 'output_stride', STAGE_GEOMETRY)
@@ -143,6 +160,8 @@ def validate_model_config(config: Mapping) -> None:
   try:
     if config['temporal'] == 'pcma':
       PCMAOptions(**{**dict(config['pcma']), 'stages': tuple(config['pcma']['stages'])})
+    elif config['temporal'] == 'tha':
+      THAOptions(**dict(config['tha']))
     elif config['temporal'] == 'tma':
       options = TMAOptions(**dict(config['tma']))
       if options.stage not in STAGES:
@@ -169,6 +188,17 @@ def _pcma(config: Mapping, backbone: ResNet, heads_read: set[str], dtype, precis
   return PCMA(options, tuple(channels[s][2] for s in options.stages), dtype=dtype, precision=precision)
 
 
+def _tha(config: Mapping, backbone, heads_read: set[str], dtype, precision=None) -> THA:
+  options = THAOptions(**dict(config['tha']))
+  if not isinstance(backbone, LERNet):
+    raise ValueError("invalid config: model.temporal='tha' needs model.backbone='lernet' (it runs LERNet's "
+                     'high-level part on key frames only)')
+  if options.high not in heads_read:
+    raise ValueError(f'model.tha.high={options.high!r} is not read by the head (it reads {sorted(heads_read)}): '
+                     "LERNet's decoder is model.head='classifier' with head_options.in_stage='high'")
+  return THA(options, dtype=dtype, precision=precision)
+
+
 def _tma(config: Mapping, backbone: ResNet, heads_read: set[str], dtype, precision=None) -> TMA:
   del backbone
   options = TMAOptions(**dict(config['tma']))
@@ -183,6 +213,26 @@ TEMPORAL_MODULES: dict[str, Callable[..., Any]] = {
     'plain': lambda config, backbone, heads_read, dtype, precision=None: Plain(),
     'pcma': _pcma,
     'tma': _tma,
+    'tha': _tha,
+}
+
+
+def _resnet(config: Mapping, dtype, precision):
+  multi_grid = config.get('multi_grid')
+  return ResNet(depth=config['depth'], variant=config['variant'], output_stride=config['output_stride'],
+                multi_grid=tuple(multi_grid) if multi_grid else None,
+                contract_dilation=bool(config.get('contract_dilation', False)),
+                remat=bool(config.get('remat', False)), dtype=dtype, precision=precision)
+
+
+def _lernet(config: Mapping, dtype, precision):
+  return LERNet(**dict(config.get('lernet') or {}), dtype=dtype, precision=precision)
+
+
+# backbone name -> factory(model config, dtype, precision) -> backbone module (maps + feature_shapes + stages=)
+BACKBONES: dict[str, Callable[..., Any]] = {
+    'resnet': _resnet,
+    'lernet': _lernet,
 }
 
 
@@ -191,11 +241,7 @@ def build(config: Mapping, num_classes: int) -> VideoSegmenter:
   validate_model_config(config)
   temporal_name, head_name, dtype = config['temporal'], config['head'], DTYPES[config['dtype']]
   precision = lax_precision(_choice(config, 'precision', PRECISIONS) if 'precision' in config else 'default')
-  multi_grid = config.get('multi_grid')
-  backbone = ResNet(depth=config['depth'], variant=config['variant'], output_stride=config['output_stride'],
-                    multi_grid=tuple(multi_grid) if multi_grid else None,
-                    contract_dilation=bool(config.get('contract_dilation', False)),
-                    remat=bool(config.get('remat', False)), dtype=dtype, precision=precision)
+  backbone = BACKBONES[config.get('backbone', 'resnet')](config, dtype, precision)
   head_options = dict(config.get('head_options') or {})
   head = HEADS[head_name](num_classes, dtype, precision, **head_options)
   aux_head = None

@@ -73,7 +73,7 @@ class VideoSegmenter(nn.Module):
     needed = set(stages_read(self.head)) | set(self.temporal.stages_read())
     if self.aux_head is not None:
       needed |= set(stages_read(self.aux_head))
-    return tuple(sorted(needed))
+    return tuple(sorted((needed - set(self.temporal.stages_written())) | set(self.temporal.stages_read())))
 
   def init_memory(self, batch_size: int, frame_size: tuple[int, int]) -> Memory:
     """An empty memory for `batch_size` videos of frames `frame_size` = (H, W). Plain: {}."""
@@ -92,6 +92,7 @@ class VideoSegmenter(nn.Module):
       `SegmenterOutput`, logits first.
     """
     b, t, h, w, _ = clip.shape
+    given_memory = memory
     if memory is None:
       memory = self.init_memory(b, (h, w))
     if reset is None:
@@ -107,7 +108,11 @@ class VideoSegmenter(nn.Module):
       maps = self._out('backbone', {name: unfold(x) for name, x in maps.items()})
       enhanced = jnp.zeros((b, t), bool)
       if temporal.has_state:
-        encodings = temporal.encode(maps, self._trains('temporal', train))
+        if temporal.needs_backbone:
+          encodings = temporal.encode(maps, self._trains('temporal', train), backbone=self.backbone,
+                                      memory=given_memory, reset=reset)
+        else:
+          encodings = temporal.encode(maps, self._trains('temporal', train))
         reads, enhanced, memory = self._scan(memory, encodings, reset)
         maps = self._out('temporal', temporal.fuse(maps, reads, enhanced, self._trains('temporal', train)))
 

@@ -41,8 +41,16 @@ class TemporalModule(nn.Module):
 
   interleaved: ClassVar[bool] = False
   has_state: ClassVar[bool] = True
+  # True: `encode(maps, train, backbone=, memory=, reset=)` also gets the backbone (to run more of it on some
+  # frames: THA runs the high-level part on key frames only), the memory before the clip (None when empty)
+  # and the resets.
+  needs_backbone: ClassVar[bool] = False
 
   def stages_read(self) -> tuple[str, ...]:
+    return ()
+
+  def stages_written(self) -> tuple[str, ...]:
+    """Maps the module produces itself (the segmenter does not ask the backbone for them)."""
     return ()
 
   def init_state(self, batch_size: int, feature_shapes: FeatureShapes, dtype: Any = jnp.float32) -> Any:
