@@ -20,12 +20,14 @@ from absl import logging
 
 from ma_resnet.models.attention import DEFAULT_CHUNK
 from ma_resnet.models.backbones.lernet import LERNet
+from ma_resnet.models.backbones.pspnet import PSPNetBackbone
 from ma_resnet.models.backbones.resnet import ResNet
 from ma_resnet.models.heads import (ClassifierHead, DeepLabV3PlusHead, DNLHead, FCNHead, PSPHead, SFNetHead,
                                     auxiliary_fcn_head, head_factory, stages_read)
 from ma_resnet.models.layers import PRECISIONS, lax_precision
 from ma_resnet.models.segmenter import VideoSegmenter
 from ma_resnet.models.temporal import PCMA, THA, TMA, PCMAOptions, Plain, THAOptions, TMAOptions
+from ma_resnet.models.temporal.stf import STF, STFOptions
 
 # head name -> factory(num_classes, dtype, precision=None, **head_options) -> head module
 HEADS: dict[str, Callable[..., Any]] = {
@@ -58,8 +60,9 @@ def default_model_config():
 def default_model_options() -> dict:
   """`default_model_config()`'s fields as nested plain dicts."""
   return {
-      'temporal': 'pcma',         # see TEMPORAL_MODULES: 'pcma' | 'tma' | 'tha' | 'plain'
-      'backbone': 'resnet',       # see BACKBONES: 'resnet' (depth, variant, ... below) | 'lernet' (lernet.*)
+      'temporal': 'pcma',         # see TEMPORAL_MODULES: 'pcma' | 'tma' | 'tha' | 'stf' | 'plain'
+      'backbone': 'resnet',       # see BACKBONES: 'resnet' (depth, variant, ... below) | 'lernet' (lernet.*) |
+                                  # 'pspnet' (the ResNet + mmseg's PSP bottleneck as the map 'psp', pspnet.*)
       'depth': 50,                # 18 | 34 | 50 | 101 | 152
       'variant': 'vd',            # 'torchvision' | 'vd' | 'v1c'
       'output_stride': 8,         # 8 | 16 | 32
@@ -106,10 +109,31 @@ def default_model_options() -> dict:
           'low': 'low',
           'high': 'high',
       },
+      'pspnet': {
+          'stage': 'stage4',        # the stage map the pyramid pooling reads (mmseg PSPHead: stage4)
+          'channels': 0,            # of the bins and the bottleneck; 0 = the stage's channels / 4 (512 on R50)
+          'pool_scales': (1, 2, 3, 6),
+      },
+      'stf': {                      # temporal/stf.py (STFOptions): STF + MAR, the authors' Cityscapes model
+          'stage': 'psp',
+          'heads': 2,
+          'layers': 1,
+          'ffn_channels': 256,
+          'block_size': (16, 16),
+          'embedding_size': (128, 256),
+          'dropout': 0.1,
+          'edge': 'repeat',         # 'repeat' | 'mirror': a missing frame t-1 / t+1 at a sequence's edges
+          'freeze_stf': False,      # STF in eval mode without gradient (the MAR stage; + optimizer.frozen)
+          'mar': False,
+          'memory_per_class': 10,   # K_L
+          'mar_channels': 0,        # 0: d / 2
+          'memory_init': '',        # '' | folder of key.npy / value.npy (python -m ma_resnet.mar_memory)
+      },
       'lernet': {
           'branch_width': 'full',   # 'full' | 'half' (backbones/lernet.py: the two readings of the paper)
           'single_branch': False,
           'dropout': 0.03,
+          'dilations': (1, 2, 5, 9, 2, 5, 9),  # of the high-level part's RDDS blocks (Table 1)
       },
   }
 
@@ -125,6 +149,30 @@ def tmanet_r50_d8(model, *, memory_length: int = 2, align_corners: bool = True, 
   model['head_options'] = {'in_stage': 'stage4', 'dropout': 0.1}
   model['tma'].update(memory_length=memory_length, key_channels=key_channels, value_channels=value_channels,
                    channels=512, stage='stage4', matmul_norm=False, detach_memory=False)
+  return model
+
+
+def stf_pspnet50(model, *, mar: bool = True, align_corners: bool = False):
+  """Sets `model` (a `default_model_config()` or `default_model_options()`) to the authors' STF (+ MAR) model on
+  mmseg's PSPNet R50-D8 and returns it: backbone 'pspnet' (ResNetV1c-50, contract_dilation, output stride 8, PSP
+  bottleneck 512 on stage 4), temporal 'stf' (d 512, 2 heads, one encoder / decoder layer, FFN 256, 16x16
+  blocks, embeddings 128x256; MAR with K_L = 10 when `mar`), the classifier head (Dropout2d 0.1 + conv_seg) on
+  'psp', no auxiliary head; logits upsampled bilinearly (align_corners False, the code's x8 `interpolate`)."""
+  model.update(temporal='stf', backbone='pspnet', depth=50, variant='v1c', output_stride=8, multi_grid=None,
+               contract_dilation=True, head='classifier', aux_head='', align_corners=align_corners)
+  model['head_options'] = {'in_stage': 'psp', 'dropout': 0.1}
+  model['pspnet'].update(stage='stage4', channels=512, pool_scales=(1, 2, 3, 6))
+  model['stf'].update(stage='psp', heads=2, layers=1, ffn_channels=256, block_size=(16, 16),
+                      embedding_size=(128, 256), dropout=0.1, mar=mar, memory_per_class=10, mar_channels=0)
+  return model
+
+
+def pspnet_r50_d8(model, *, align_corners: bool = False):
+  """Sets `model` to the per-frame PSPNet R50-D8 of mmseg (stage 1 of the STF recipe) and returns it: the same
+  'pspnet' backbone as `stf_pspnet50`, no temporal module, the classifier head on 'psp', mmseg's auxiliary FCN
+  on stage 3 (loss weight 0.4 in the config)."""
+  stf_pspnet50(model, mar=False, align_corners=align_corners)
+  model.update(temporal='plain', aux_head='fcn')
   return model
 
 
@@ -162,6 +210,8 @@ def validate_model_config(config: Mapping) -> None:
       PCMAOptions(**{**dict(config['pcma']), 'stages': tuple(config['pcma']['stages'])})
     elif config['temporal'] == 'tha':
       THAOptions(**dict(config['tha']))
+    elif config['temporal'] == 'stf':
+      STFOptions(**dict(config['stf']))
     elif config['temporal'] == 'tma':
       options = TMAOptions(**dict(config['tma']))
       if options.stage not in STAGES:
@@ -199,6 +249,18 @@ def _tha(config: Mapping, backbone, heads_read: set[str], dtype, precision=None)
   return THA(options, dtype=dtype, precision=precision)
 
 
+def _stf(config: Mapping, backbone, heads_read: set[str], dtype, precision=None, num_classes: int = 19) -> STF:
+  options = STFOptions(**dict(config['stf']))
+  shapes = backbone.feature_shapes((128, 128))
+  if options.stage not in shapes:
+    raise ValueError(f"invalid config: model.stf.stage={options.stage!r} is not a map of the backbone "
+                     f"({sorted(shapes)}): STF reads the PSP bottleneck, model.backbone='pspnet' and stage 'psp'")
+  if options.stage not in heads_read:
+    raise ValueError(f'model.stf.stage={options.stage!r} is not read by the head (it reads {sorted(heads_read)}): '
+                     "STF's head is model.head='classifier' with head_options.in_stage = model.stf.stage")
+  return STF(options, channels=shapes[options.stage][2], num_classes=num_classes, dtype=dtype, precision=precision)
+
+
 def _tma(config: Mapping, backbone: ResNet, heads_read: set[str], dtype, precision=None) -> TMA:
   del backbone
   options = TMAOptions(**dict(config['tma']))
@@ -214,6 +276,7 @@ TEMPORAL_MODULES: dict[str, Callable[..., Any]] = {
     'pcma': _pcma,
     'tma': _tma,
     'tha': _tha,
+    'stf': _stf,  # also takes num_classes (MAR's memory has rows per class)
 }
 
 
@@ -225,14 +288,29 @@ def _resnet(config: Mapping, dtype, precision):
                 remat=bool(config.get('remat', False)), dtype=dtype, precision=precision)
 
 
+def _pspnet(config: Mapping, dtype, precision):
+  options = dict(config.get('pspnet') or {})
+  multi_grid = config.get('multi_grid')
+  return PSPNetBackbone(depth=config['depth'], variant=config['variant'], output_stride=config['output_stride'],
+                        multi_grid=tuple(multi_grid) if multi_grid else None,
+                        contract_dilation=bool(config.get('contract_dilation', False)),
+                        remat=bool(config.get('remat', False)), dtype=dtype, precision=precision,
+                        psp_stage=options.get('stage', 'stage4'), psp_channels=int(options.get('channels', 0)),
+                        pool_scales=tuple(options.get('pool_scales', (1, 2, 3, 6))))
+
+
 def _lernet(config: Mapping, dtype, precision):
-  return LERNet(**dict(config.get('lernet') or {}), dtype=dtype, precision=precision)
+  options = dict(config.get('lernet') or {})
+  if options.get('dilations') is not None:
+    options['dilations'] = tuple(options['dilations'])
+  return LERNet(**options, dtype=dtype, precision=precision)
 
 
 # backbone name -> factory(model config, dtype, precision) -> backbone module (maps + feature_shapes + stages=)
 BACKBONES: dict[str, Callable[..., Any]] = {
     'resnet': _resnet,
     'lernet': _lernet,
+    'pspnet': _pspnet,
 }
 
 
@@ -248,7 +326,10 @@ def build(config: Mapping, num_classes: int) -> VideoSegmenter:
   if config.get('aux_head'):
     aux_head = AUX_HEADS[_choice(config, 'aux_head', AUX_HEADS)](num_classes, dtype, precision)
   heads_read = set(stages_read(head)) | (set(stages_read(aux_head)) if aux_head is not None else set())
-  temporal = TEMPORAL_MODULES[temporal_name](config, backbone, heads_read, dtype, precision)
+  if temporal_name == 'stf':
+    temporal = _stf(config, backbone, heads_read, dtype, precision, num_classes=num_classes)
+  else:
+    temporal = TEMPORAL_MODULES[temporal_name](config, backbone, heads_read, dtype, precision)
   return VideoSegmenter(backbone=backbone, temporal=temporal, head=head, num_classes=num_classes,
                         aux_head=aux_head, align_corners=bool(config.get('align_corners', False)),
                         frozen=tuple(config.get('frozen') or ()))

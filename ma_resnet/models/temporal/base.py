@@ -16,6 +16,14 @@ A temporal module sits between the backbone and the head of a `VideoSegmenter`. 
   fuse              (maps, reads, enhanced, train) -> maps: parameterised, batched over all B x T frames;
                     the maps handed to the head (a module may replace maps or add new ones).
 
+A module with `delay = d > 0` is non-causal: a frame's output needs the d frames after it (STF: frame t+1).
+Its `scan_body(state, encodings_t, reset_t)` gets the resets itself and returns (state, reads_t, enhanced_t,
+ready_t): reads_t are for the frame fed d steps before (ready_t (B,) bool: such a frame exists), and a reset
+(the frame fed starts a new sequence) still emits the previous sequence's last frame before the module
+restarts, so the segmenter never zeroes its state. The segmenter aligns a clip's outputs to its frames (one
+flush step, a reset, after the last frame); `step` returns the emitted frame with `SegmenterOutput.ready`.
+Only d = 1 is supported.
+
 With `interleaved = True` (PCMA's feed-forward option) the fused maps of a stage also feed the backbone's next
 stage; the segmenter then runs the backbone stage by stage, one frame after another, calling the three parts
 with the maps of one stage (T = 1). Modules must therefore accept maps holding only some of their stages.
@@ -45,6 +53,8 @@ class TemporalModule(nn.Module):
   # frames: THA runs the high-level part on key frames only), the memory before the clip (None when empty)
   # and the resets.
   needs_backbone: ClassVar[bool] = False
+  # Frames of look-ahead a frame's output needs (non-causal modules; see the module docstring).
+  delay: ClassVar[int] = 0
 
   def stages_read(self) -> tuple[str, ...]:
     return ()
