@@ -31,7 +31,7 @@ def assert_same_batches(a, b):
 
 
 def test_default_configs_have_all_fields():
-  fields = {"name", "root", "source", "tfds_data_dir", "split", "eval_split", "clip_length", "clip_start_stride",
+  fields = {"name", "root", "source", "tfds_data_dir", "split", "eval_split", "clip_length", "clip_start_stride", "pair_gaps",
             "crop_size", "eval_size", "eval_native_labels", "batch_size", "shuffle", "num_epochs", "scale_range", "flip", "jitter",
             "normalize", "mean", "std", "seed", "worker_count", "worker_buffer_size", "read_threads",
             "prefetch_buffer_size", "vspw_mode", "person_class", "synthetic", "cityscapes"}
@@ -181,3 +181,21 @@ def test_class_pixel_counts_sum_every_labelled_frame():
       want += np.array([(label == k).sum() for k in range(sequences.num_classes)])
   np.testing.assert_array_equal(counts, want)
   assert counts.sum() > 0 and (counts > 0).sum() >= 2
+
+
+def test_pair_gaps_give_key_frame_pairs():
+  """pair_gaps: every clip is (t, t + g), for every start and gap, within one sequence."""
+  config = small_config()
+  sequences = make_sequences(config)
+  source = ClipSource(sequences, 2, 1, pair_gaps=(1, 3))
+  length = sequences.sequence_length(0)
+  per_sequence = (length - 1) + (length - 3)
+  assert len(source) == sequences.num_sequences * per_sequence
+  for index in (0, len(source) - 1):
+    record = source[index]
+    sequence, start, gap = (int(a[index]) for a in (source.clip_sequence, source.clip_start, source.clip_gap))
+    np.testing.assert_array_equal(record["images"][1], sequences.read_frame(sequence, start + gap).image)
+    np.testing.assert_array_equal(record["images"][0], sequences.read_frame(sequence, start).image)
+  assert set(source.clip_gap.tolist()) == {1, 3}
+  with pytest.raises(ValueError, match="clip_length 2"):
+    ClipSource(sequences, 3, 1, pair_gaps=(1,))

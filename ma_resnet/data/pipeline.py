@@ -48,6 +48,8 @@ Data config fields (defaults of default_data_config('camvid'); other datasets di
   split                'train'         training split
   eval_split           'val'           default split of make_eval_stream
   clip_length          2               T, frames per clip (synthetic: 4; cityscapes: 3)
+  pair_gaps            ()              (g1, g2, ...): clips are frame pairs (t, t + g) for every gap instead of T
+                                       consecutive frames (key-frame propagation training, THA); clip_length 2
   clip_start_stride    1               clip starts at positions 0, s, 2s, ... (synthetic: synthetic.reveal_period,
                                        a copy: change both together)
   crop_size            (360, 480)      (h, w) of training frames (vspw: (480, 480); synthetic: (64, 64);
@@ -130,6 +132,7 @@ def default_data_config(name: str = "synthetic") -> ml_collections.ConfigDict:
       "eval_split": "val",
       "clip_length": 2,
       "clip_start_stride": 1,
+      "pair_gaps": (),
       "crop_size": (360, 480),
       "eval_size": None,
       "eval_native_labels": False,
@@ -308,23 +311,35 @@ def palette(data_config: Any) -> np.ndarray:
 class ClipSource:
   """Random-access source of clips: T consecutive frames of one sequence (grain RandomAccessDataSource).
 
+  With `pair_gaps` (e.g. (1, 2, 3, 4)), a clip is instead two frames of one sequence, t and t + g, for every
+  start t (every `clip_start_stride`-th) and every gap g: the (key frame, later frame) pairs of key-frame
+  propagation training (THA: the later frame sees the key frame g frames before it).
+
   Record i: images uint8 (T, H, W, 3), labels uint8 (T, H, W), labelled bool (T,), sequence_index int,
-  start int (position of the first frame). `clip_sequence` / `clip_start` (int arrays (num_clips,)) index them.
+  start int (position of the first frame). `clip_sequence` / `clip_start` / `clip_gap` (int arrays
+  (num_clips,)) index them.
   """
 
-  def __init__(self, sequences: SequenceDataset, clip_length: int, clip_start_stride: int = 1):
+  def __init__(self, sequences: SequenceDataset, clip_length: int, clip_start_stride: int = 1,
+               pair_gaps: tuple[int, ...] = ()):
     if clip_length < 1 or clip_start_stride < 1:
       raise ValueError(f"clip_length and clip_start_stride must be >= 1, got {clip_length}, {clip_start_stride}")
+    self.pair_gaps = tuple(int(g) for g in pair_gaps or ())
+    if self.pair_gaps and (clip_length != 2 or min(self.pair_gaps) < 1):
+      raise ValueError(f"pair_gaps {self.pair_gaps} need clip_length 2 and gaps >= 1 (got clip_length {clip_length})")
     self.sequences = sequences
     self.clip_length = int(clip_length)
     self.clip_start_stride = int(clip_start_stride)
-    starts, owners = [], []
+    starts, owners, gaps = [], [], []
     for index, length in enumerate(sequences.sequence_lengths):
-      positions = np.arange(0, length - self.clip_length + 1, self.clip_start_stride)
-      starts.append(positions)
-      owners.append(np.full(positions.shape, index))
+      for gap in self.pair_gaps or (self.clip_length - 1,):
+        positions = np.arange(0, length - gap, self.clip_start_stride)
+        starts.append(positions)
+        owners.append(np.full(positions.shape, index))
+        gaps.append(np.full(positions.shape, gap))
     self.clip_start = np.concatenate(starts).astype(np.int64) if starts else np.zeros(0, np.int64)
     self.clip_sequence = np.concatenate(owners).astype(np.int64) if owners else np.zeros(0, np.int64)
+    self.clip_gap = np.concatenate(gaps).astype(np.int64) if gaps else np.zeros(0, np.int64)
     if self.clip_start.size == 0:
       raise DataError(f"{sequences!r} has no clip of {self.clip_length} consecutive frames "
                       f"(longest sequence: {max(sequences.sequence_lengths, default=0)} frames)")
@@ -334,13 +349,22 @@ class ClipSource:
 
   def __getitem__(self, index: int) -> dict[str, Any]:
     sequence_index, start = int(self.clip_sequence[index]), int(self.clip_start[index])
-    images, labels, labelled = self.sequences.read_clip(sequence_index, start, self.clip_length)
+    if self.pair_gaps:
+      frames = [self.sequences.read_frame(sequence_index, p) for p in (start, start + int(self.clip_gap[index]))]
+      if frames[0].image.shape != frames[1].image.shape:
+        raise DataError(f"{self.sequences!r}: sequence {self.sequences.sequence_names[sequence_index]} changes "
+                        f"frame size between positions {start} and {start + int(self.clip_gap[index])}")
+      images, labels = np.stack([f.image for f in frames]), np.stack([f.label for f in frames])
+      labelled = np.array([f.labelled for f in frames], bool)
+    else:
+      images, labels, labelled = self.sequences.read_clip(sequence_index, start, self.clip_length)
     return {"images": images, "labels": labels, "labelled": labelled, "sequence_index": sequence_index,
             "start": start}
 
   def __repr__(self) -> str:
+    gaps = f", pair_gaps={self.pair_gaps}" if self.pair_gaps else ""
     return (f"ClipSource({self.sequences!r}, clip_length={self.clip_length}, "
-            f"clip_start_stride={self.clip_start_stride})")
+            f"clip_start_stride={self.clip_start_stride}{gaps})")
 
 
 class AugmentClip(grain.transforms.RandomMap):
@@ -463,7 +487,7 @@ def make_train_loader(data_config: Any, *, batch_size: int | None = None, seed: 
   seed = int(seed if seed is not None else _field(data_config, "seed"))
   shard_index, shard_count = _shard(shard_index, shard_count)
   source = ClipSource(make_sequences(data_config, split), _field(data_config, "clip_length"),
-                      _field(data_config, "clip_start_stride"))
+                      _field(data_config, "clip_start_stride"), tuple(_field(data_config, "pair_gaps") or ()))
   shard_options = grain.sharding.ShardOptions(shard_index=shard_index, shard_count=shard_count,
                                               drop_remainder=True)
   if len(source) < batch_size * shard_count:
