@@ -82,3 +82,83 @@ def _flatten(config, prefix=''):
     else:
       out[f'{prefix}{key}'] = value
   return out
+
+
+STF_CONFIGS = ('stf_synthetic.py', 'stf_cityscapes.py', 'stf_camvid.py')
+
+
+def _stf_stage(name: str, stage: str, memory_dir: str):
+  """The config and parameter shapes of one stage of an STF recipe (the 'mar' stage with a memory of the right
+  shape in `memory_dir`)."""
+  import numpy as np
+  config = train_config.load_config(os.path.join(REPO, 'configs', f'{name}:{stage}'))
+  num_classes = data_lib.num_classes(config.data)
+  model = models.build(config.model, num_classes)
+  if stage == 'mar':
+    rows, channels = int(config.model.stf.memory_per_class) * num_classes, model.temporal.channels
+    os.makedirs(memory_dir, exist_ok=True)
+    np.save(os.path.join(memory_dir, 'key.npy'), np.zeros((rows, channels), np.float32))
+    np.save(os.path.join(memory_dir, 'value.npy'), np.zeros((num_classes, channels), np.float32))
+    config.model.stf.memory_init = memory_dir
+  train_config.validate(config)
+  clip = jax.ShapeDtypeStruct(training.example_clip_shape(config), jnp.float32)
+  shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), clip)
+  flat = {jax.tree_util.keystr(p): leaf.shape for p, leaf in jax.tree_util.tree_flatten_with_path(
+      {k: shapes[k] for k in ('params', 'batch_stats') if k in shapes})[0]}
+  return config, model, flat
+
+
+@pytest.mark.parametrize('name', STF_CONFIGS)
+def test_stf_recipe_stages_chain_through_init_from(name, tmp_path):
+  """pspnet -> stf -> mar: each stage finds the previous one's variables under the same paths and shapes, the
+  extractor is frozen from stage 2 on, STF from stage 4 on, and each stage's classifier starts anew."""
+  stages = {stage: _stf_stage(name, stage, str(tmp_path / 'memory')) for stage in ('pspnet', 'stf', 'mar')}
+  (c1, m1, v1), (c2, m2, v2), (c4, m4, v4) = (stages[s] for s in ('pspnet', 'stf', 'mar'))
+  assert m1.delay == 0 and m2.delay == m4.delay == 1
+  extractor = lambda flat: {k: v for k, v in flat.items() if "['backbone']" in k}
+  assert extractor(v2) and all(v1.get(k) == shape for k, shape in extractor(v2).items())
+  assert {k: v for k, v in v4.items() if "['mar']" not in k} == v2  # stage 4 = stage 2 + MAR
+  assert any("['mar']" in k for k in v4)
+  assert c2.model.frozen == ('backbone',) and c4.model.frozen == ('backbone',)
+  assert c4.model.stf.freeze_stf and tuple(c4.optimizer.frozen) == ('temporal/stf',)
+  assert tuple(c2.init_from_exclude) == tuple(c4.init_from_exclude) == ('head',)
+  assert c2.optimizer.name == 'adamw' and c2.optimizer.weight_decay == 1e-4 and c2.optimizer.grad_clip_norm == 0.1
+  assert c2.data.clip_length == 3 and not c2.model.stf.mar
+  if name == 'stf_cityscapes.py':
+    from ma_resnet.convert import stf_mar
+    assert c2.optimizer.lr == 1e-5 and c1.aux_loss_weight == 0.4
+    assert (c2.data.cityscapes.frames_before, c2.data.cityscapes.frames_after) == (1, 1)
+    reference = stf_mar.reference_model(19)
+    shape = jax.ShapeDtypeStruct((1, 1, 128, 128, 3), jnp.float32)
+    tree = lambda m: jax.tree.map(lambda a: a.shape, jax.eval_shape(lambda x: m.init(jax.random.key(0), x), shape))
+    assert tree(m4) == tree(reference)  # the mar stage is the authors' model
+
+
+def test_stf_configs_refuse_a_mar_stage_without_its_memory(tmp_path):
+  config = train_config.load_config(os.path.join(REPO, 'configs', 'stf_synthetic.py:mar'),
+                                    {'model.stf.memory_init': str(tmp_path / 'none')})
+  with pytest.raises(ValueError, match='model.stf.memory_init.*mar_memory'):
+    train_config.validate(config)
+  with pytest.raises(ValueError, match='stage must be one of'):
+    train_config.load_config(os.path.join(REPO, 'configs', 'stf_synthetic.py:plain'))
+
+
+@pytest.mark.parametrize('name', ['lernet_synthetic.py', 'lernet_camvid.py', 'lernet_camvid_cpu.py',
+                                  'lernet_cityscapes.py'])
+def test_lernet_stages_chain_through_init_from(name):
+  """Stage 2 (THA) shares every variable of stage 1 (LERNet per frame) and adds only THA's own."""
+  path = os.path.join(REPO, 'configs', name)
+  shapes = {}
+  for stage in ('frame', 'tha'):
+    config = train_config.load_config(f'{path}:{stage}')
+    train_config.validate(config)
+    model = models.build(config.model, data_lib.num_classes(config.data))
+    clip = jax.ShapeDtypeStruct((1, 1, 64, 64, 3), jnp.float32)
+    shapes[stage] = jax.tree.map(lambda a: a.shape, jax.eval_shape(lambda x: model.init(jax.random.key(0), x), clip))
+  frame, tha = shapes['frame']['params'], shapes['tha']['params']
+  assert set(tha) - set(frame) == {'temporal'} and {k: tha[k] for k in frame} == frame
+  config = train_config.load_config(f'{path}:tha')
+  assert config.data.clip_length == 2 and tuple(config.data.pair_gaps) == (1, 2, 3, 4)
+  assert config.model.tha.key_interval == 5 and set(config.optimizer.lr_multipliers) == {'backbone', 'head'}
+  with pytest.raises(ValueError, match="'frame' or 'tha'"):
+    train_config.load_config(f'{path}:other')

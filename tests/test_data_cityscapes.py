@@ -255,3 +255,17 @@ def test_bad_file_name(cityscapes_tree):
   shutil.copy(image_path(root, "train", "aachen_000000_000019"), bad)
   with pytest.raises(DataError, match="aachen_19_leftImg8bit.png"):
     CityscapesSequences(root, "train")
+
+
+def test_key_frame_pairs_ending_on_the_labelled_frame(cityscapes_tree):
+  """THA training on Cityscapes: pairs (n - g, n) for g = 1..4, only those that end on the labelled frame n."""
+  root, _ = cityscapes_tree
+  config = cityscapes_config(root, crop_size=(8, 8), clip_length=2)
+  config.cityscapes.frames_before, config.cityscapes.frames_after = 4, 0
+  sequences = make_sequences(config)
+  every = ClipSource(sequences, 2, pair_gaps=(1, 2, 3, 4))
+  labelled = ClipSource(sequences, 2, pair_gaps=(1, 2, 3, 4), labelled_last=True)
+  assert len(every) == 3 * (4 + 3 + 2 + 1) and len(labelled) == 3 * 4
+  for i in range(len(labelled)):
+    assert labelled.clip_start[i] + labelled.clip_gap[i] == 4  # the labelled frame is the last of its sequence
+    assert labelled[i]["labelled"].tolist() == [False, True]

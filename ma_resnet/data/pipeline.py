@@ -50,6 +50,7 @@ Data config fields (defaults of default_data_config('camvid'); other datasets di
   clip_length          2               T, frames per clip (synthetic: 4; cityscapes: 3)
   pair_gaps            ()              (g1, g2, ...): clips are frame pairs (t, t + g) for every gap instead of T
                                        consecutive frames (key-frame propagation training, THA); clip_length 2
+  labelled_last        False           keep only the clips whose last frame is labelled
   clip_start_stride    1               clip starts at positions 0, s, 2s, ... (synthetic: synthetic.reveal_period,
                                        a copy: change both together)
   crop_size            (360, 480)      (h, w) of training frames (vspw: (480, 480); synthetic: (64, 64);
@@ -133,6 +134,7 @@ def default_data_config(name: str = "synthetic") -> ml_collections.ConfigDict:
       "clip_length": 2,
       "clip_start_stride": 1,
       "pair_gaps": (),
+      "labelled_last": False,
       "crop_size": (360, 480),
       "eval_size": None,
       "eval_native_labels": False,
@@ -313,7 +315,8 @@ class ClipSource:
 
   With `pair_gaps` (e.g. (1, 2, 3, 4)), a clip is instead two frames of one sequence, t and t + g, for every
   start t (every `clip_start_stride`-th) and every gap g: the (key frame, later frame) pairs of key-frame
-  propagation training (THA: the later frame sees the key frame g frames before it).
+  propagation training (THA: the later frame sees the key frame g frames before it). `labelled_last` keeps
+  only the clips whose last frame has a label (Cityscapes snippets: one labelled frame in 30).
 
   Record i: images uint8 (T, H, W, 3), labels uint8 (T, H, W), labelled bool (T,), sequence_index int,
   start int (position of the first frame). `clip_sequence` / `clip_start` / `clip_gap` (int arrays
@@ -321,7 +324,7 @@ class ClipSource:
   """
 
   def __init__(self, sequences: SequenceDataset, clip_length: int, clip_start_stride: int = 1,
-               pair_gaps: tuple[int, ...] = ()):
+               pair_gaps: tuple[int, ...] = (), labelled_last: bool = False):
     if clip_length < 1 or clip_start_stride < 1:
       raise ValueError(f"clip_length and clip_start_stride must be >= 1, got {clip_length}, {clip_start_stride}")
     self.pair_gaps = tuple(int(g) for g in pair_gaps or ())
@@ -334,6 +337,8 @@ class ClipSource:
     for index, length in enumerate(sequences.sequence_lengths):
       for gap in self.pair_gaps or (self.clip_length - 1,):
         positions = np.arange(0, length - gap, self.clip_start_stride)
+        if labelled_last:  # only clips whose last frame has a label (the others would add nothing to the loss)
+          positions = positions[[sequences.is_labelled(index, int(p) + gap) for p in positions]].astype(np.int64)
         starts.append(positions)
         owners.append(np.full(positions.shape, index))
         gaps.append(np.full(positions.shape, gap))
@@ -487,7 +492,8 @@ def make_train_loader(data_config: Any, *, batch_size: int | None = None, seed: 
   seed = int(seed if seed is not None else _field(data_config, "seed"))
   shard_index, shard_count = _shard(shard_index, shard_count)
   source = ClipSource(make_sequences(data_config, split), _field(data_config, "clip_length"),
-                      _field(data_config, "clip_start_stride"), tuple(_field(data_config, "pair_gaps") or ()))
+                      _field(data_config, "clip_start_stride"), tuple(_field(data_config, "pair_gaps") or ()),
+                      bool(_field(data_config, "labelled_last")))
   shard_options = grain.sharding.ShardOptions(shard_index=shard_index, shard_count=shard_count,
                                               drop_remainder=True)
   if len(source) < batch_size * shard_count:

@@ -59,6 +59,11 @@ class SequenceDataset(abc.ABC):
   def frame_number(self, sequence_index: int, position: int) -> int:
     """The frame's number in its source video (e.g. 6690 for CamVid's 0001TP_006690)."""
 
+  def is_labelled(self, sequence_index: int, position: int) -> bool:
+    """Whether the frame has an annotation, without reading it (datasets that cannot tell say True)."""
+    del sequence_index, position
+    return True
+
   @abc.abstractmethod
   def read_frame(self, sequence_index: int, position: int) -> Frame:
     """Reads the frame at `position` (0-based, time order) of sequence `sequence_index`."""
@@ -132,6 +137,9 @@ class FileSequenceDataset(SequenceDataset):
 
   def frame_number(self, sequence_index: int, position: int) -> int:
     return self._frames[sequence_index][position].number
+
+  def is_labelled(self, sequence_index: int, position: int) -> bool:
+    return self._frames[sequence_index][position].label_path is not None
 
   def frame_files(self, sequence_index: int, position: int) -> FileFrame:
     return self._frames[sequence_index][position]

@@ -176,6 +176,19 @@ def pspnet_r50_d8(model, *, align_corners: bool = False):
   return model
 
 
+def lernet_tha(model, *, tha: bool, key_interval: int = 5):
+  """Sets `model` (a `default_model_config()`) to LERNet (+ THA when `tha`) and returns it: the LERNet backbone,
+  its decoder (a 1x1 conv on 'high', no dropout; the segmenter upsamples x8 bilinearly), THA with one key frame
+  every `key_interval` frames."""
+  model.backbone = 'lernet'
+  model.temporal = 'tha' if tha else 'plain'
+  model.head = 'classifier'
+  model.head_options = {'in_stage': 'high', 'dropout': 0.0}
+  model.aux_head = ''
+  model.tha.key_interval = key_interval
+  return model
+
+
 def _choice(config: Mapping, key: str, allowed) -> Any:
   value = config[key]
   if value not in allowed:

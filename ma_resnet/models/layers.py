@@ -48,10 +48,49 @@ def batch_norm(train: bool, *, dtype: Dtype = jnp.float32, name: str | None = No
                       dtype=dtype, param_dtype=jnp.float32, name=name, **kwargs)
 
 
+class DepthwiseConv(nn.Module):
+  """A k x k depthwise convolution (one filter per channel, stride 1, padding dilation * (k - 1) / 2) with the
+  variables of `nn.Conv(features=C, feature_group_count=C)`: `kernel` (k, k, 1, C), optional `bias` (C,).
+
+  XLA:CPU runs grouped convolutions slowly (a 3x3 depthwise conv on 8x32x32x64: 20 ms, its gradient 73 ms);
+  written as k*k shifted multiply-adds it takes 0.9 ms / 14 ms, with the same numbers up to float rounding.
+  `shifts` picks the formulation: None = the shifts on CPU, XLA's grouped convolution elsewhere (cuDNN on GPUs).
+  """
+  kernel_size: int
+  dilation: int = 1
+  use_bias: bool = False
+  dtype: Dtype = jnp.float32
+  precision: Precision = None
+  shifts: bool | None = None
+
+  @nn.compact
+  def __call__(self, x):
+    c, k, d = x.shape[-1], self.kernel_size, self.dilation
+    kernel = self.param('kernel', conv_kernel_init, (k, k, 1, c), jnp.float32).astype(self.dtype)
+    x = x.astype(self.dtype)
+    pad = d * (k - 1) // 2
+    use_shifts = jax.default_backend() == 'cpu' if self.shifts is None else self.shifts
+    if use_shifts:
+      h, w = x.shape[-3:-1]
+      padded = jnp.pad(x, [(0, 0)] * (x.ndim - 3) + [(pad, pad), (pad, pad), (0, 0)])
+      y = sum(padded[..., i * d:i * d + h, j * d:j * d + w, :] * kernel[i, j, 0]
+              for i in range(k) for j in range(k))
+    else:
+      y = jax.lax.conv_general_dilated(x, kernel, (1, 1), [(pad, pad), (pad, pad)], rhs_dilation=(d, d),
+                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=c,
+                                       precision=self.precision)
+    if self.use_bias:
+      y = y + self.param('bias', nn.initializers.zeros, (c,), jnp.float32).astype(self.dtype)
+    return y
+
+
 def conv(features: int, kernel: int, *, stride: int = 1, dilation: int = 1, groups: int = 1,
          use_bias: bool = False, dtype: Dtype = jnp.float32, precision: Precision = None,
-         name: str | None = None) -> nn.Conv:
-  """A k x k convolution with symmetric padding dilation * (k - 1) / 2, as in PyTorch and Paddle."""
+         name: str | None = None) -> nn.Module:
+  """A k x k convolution with symmetric padding dilation * (k - 1) / 2, as in PyTorch and Paddle. A depthwise
+  one (groups = features, stride 1) is a `DepthwiseConv` (same variables, fast on CPU too)."""
+  if groups > 1 and groups == features and stride == 1:
+    return DepthwiseConv(kernel, dilation=dilation, use_bias=use_bias, dtype=dtype, precision=precision, name=name)
   pad = dilation * (kernel - 1) // 2
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
                  kernel_dilation=(dilation, dilation), feature_group_count=groups, use_bias=use_bias,
