@@ -74,7 +74,7 @@ def memory_attention(query: jax.Array, keys: jax.Array, values: jax.Array, slot_
     chunk_size: memory positions per chunk of 'chunked' (and the 'auto' threshold).
     precision: of the matmuls of 'dense' and 'chunked'.
   Returns:
-    (B, N, Cv) in the values' dtype.
+    (B, N, Cv) in the values' dtype (which also decides 'auto': 'fused' needs bfloat16 / float16 values).
   """
   b, n, ck = query.shape
   if keys.ndim != 4 or values.ndim != 4 or keys.shape[:3] != values.shape[:3] or keys.shape[0] != b \
@@ -85,7 +85,7 @@ def memory_attention(query: jax.Array, keys: jax.Array, values: jax.Array, slot_
     raise ValueError(f'memory_attention: slot_valid must be (B, T) = {keys.shape[:2]}, got {slot_valid.shape}')
   check_implementation(implementation, chunk_size, 'memory_attention')
   t, p = keys.shape[1:3]
-  chosen = resolve_implementation(implementation, query.dtype, ck, values.shape[-1], t * p, chunk_size)
+  chosen = resolve_implementation(implementation, values.dtype, ck, values.shape[-1], t * p, chunk_size)
   if chosen == 'fused':
     try:
       return fused_attention(query, keys, values, slot_valid, scale=scale)

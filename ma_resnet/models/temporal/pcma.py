@@ -170,27 +170,35 @@ def attend(memory: StageMemory, key: jax.Array, value: jax.Array, options: PCMAO
   else:
     enhanced = jnp.any(memory.valid, axis=1)
 
-  stored_keys = memory.keys.reshape(b, t * h * w, ck)
-  current = key.reshape(b, h * w, ck)
+  implementation = attention_lib.resolve_implementation(options.attention, key.dtype, ck, cv, t * h * w,
+                                                        options.attention_chunk)
+  # The keys' normalisation and the attention run in float32 whatever the compute dtype: after the softmax x10
+  # the logits reach 100, where bfloat16's 8 bits would move them by ~0.4 (the weights by ~1.5x); and on
+  # backends that emulate bfloat16 (CPU) the bfloat16 body doubled the compile time of the training step.
+  # 'fused' (cuDNN, bfloat16) gets the normalised keys cast back to the compute dtype.
+  f32 = jnp.float32
+  stored_keys = memory.keys.reshape(b, t * h * w, ck).astype(f32)
+  current = key.reshape(b, h * w, ck).astype(f32)
   if options.key_norm == 'softmax10':
     stored_keys = jax.nn.softmax(stored_keys, axis=-1) * 10.0
     current = jax.nn.softmax(current, axis=-1) * 10.0
     scale = 1.0
   else:
     scale = ck ** -0.5
-  implementation = attention_lib.resolve_implementation(options.attention, key.dtype, ck, cv, t * h * w,
-                                                        options.attention_chunk)
+  stored_values = memory.values.reshape(b, t * h * w, cv)
+  if implementation != 'fused':
+    stored_values = stored_values.astype(f32)
   if implementation == 'dense':  # the code's formulation: scores (B, T*h*w, h*w), softmax over the memory
     logits = jnp.einsum('bmc,bnc->bmn', stored_keys, current, precision=precision) * scale
     slot_valid = jnp.repeat(memory.valid, h * w, axis=1)  # (B, T*h*w)
     logits = jnp.where(slot_valid[:, :, None], logits, _MASKED)
     attention = jax.nn.softmax(logits, axis=1)  # over the memory positions
-    stored_values = memory.values.reshape(b, t * h * w, -1)
     readout = jnp.einsum('bmn,bmc->bnc', attention, stored_values, precision=precision)
   else:  # the current positions are the queries; the same softmax over the memory, without the scores
     readout = attention_lib.memory_attention(
-        current, stored_keys.reshape(b, t, h * w, ck), memory.values.reshape(b, t, h * w, cv), memory.valid,
+        current, stored_keys.reshape(b, t, h * w, ck), stored_values.reshape(b, t, h * w, cv), memory.valid,
         scale=scale, implementation=options.attention, chunk_size=options.attention_chunk, precision=precision)
+  readout = readout.astype(memory.values.dtype)
   readout = readout.reshape(b, h, w, cv)
 
   stored_value = value
@@ -262,7 +270,7 @@ class PCMAStage(nn.Module):
   def setup(self):
     key_channels, self.value_channels = self.options.channels(self.channels)
     self.key_encoder = ConvBN(key_channels, 3, dtype=self.dtype, precision=self.precision)
-    self.readout_bn = MaskedBatchNorm(dtype=self.dtype)
+    self.readout_bn = MaskedBatchNorm(dtype=jnp.float32)  # the fusion runs in float32 (see `fuse`)
 
   def encode(self, x, train: bool):
     """x (N, H, W, C) -> key (N, h, w, Ck), value (N, h, w, Cv) at (h, w) = floor((H, W) / 2)."""
@@ -279,10 +287,14 @@ class PCMAStage(nn.Module):
       x: (B, T, H, W, C) stage output; readout: (B, T, h, w, Cv); enhanced: (B, T) bool.
     Returns:
       (B, T, H, W, C): x with its last Cv channels fused with the memory read-out where `enhanced`.
+
+    The fusion (resize, masked batch norm, means, judge) runs in float32 and the fused channels are cast back
+    to x's dtype: its means and ratios are float32 work anyway, and a bfloat16 fusion on a backend that
+    emulates bfloat16 (CPU) cost more to compile than the rest of PCMA.
     """
     b, t, h, w, c = x.shape
-    selected = x[..., c - self.value_channels:]
-    readout = resize_bilinear(readout, (h, w))
+    selected = x[..., c - self.value_channels:].astype(jnp.float32)
+    readout = resize_bilinear(readout.astype(jnp.float32), (h, w))
     readout = self.readout_bn(readout.reshape((b * t, h, w, -1)), enhanced.reshape(-1), train)
     readout = nn.relu(readout).reshape(selected.shape)
     per_sample = self.options.fusion_mean == 'sample'
@@ -296,7 +308,7 @@ class PCMAStage(nn.Module):
         lo, hi = jnp.min(lo, axis=0, keepdims=True), jnp.max(hi, axis=0, keepdims=True)
       a = (_mean(fused, enhanced, per_sample) - lo) / jnp.maximum(hi - lo, 1e-12)
       fused = jnp.where((a > 0.1) & (a < 0.9), fused, selected)
-    fused = jnp.where(enhanced[:, :, None, None, None], fused, selected)
+    fused = jnp.where(enhanced[:, :, None, None, None], fused, selected).astype(x.dtype)
     return jnp.concatenate([x[..., :c - self.value_channels], fused], axis=-1)
 
 

@@ -106,26 +106,31 @@ def memory_attention(query_key, memory_keys, memory_values, matmul_norm: bool = 
   query_key (N, h, w, Ck); memory_keys (N, T, h, w, Ck); memory_values (N, T, h, w, Cv) -> (N, h, w, Cv):
   softmax over all T*h*w memory positions of query . key (scaled by Ck^-1/2 with `matmul_norm`).
   `implementation` ('auto' | 'dense' | 'chunked' | 'fused', see `ma_resnet.models.attention`): 'dense' is the
-  code's formulation (scores (N, h*w, T*h*w), softmax in float32); the others read the same without the scores.
+  code's formulation (scores (N, h*w, T*h*w)); the others read the same without the scores. Except on the
+  'fused' path the scores, softmax and read-out are float32 whatever the inputs' dtype (the read-out is cast back).
   `precision` (None | jax.lax.Precision): of the matmuls.
   """
   n, h, w, ck = query_key.shape
   t, cv = memory_keys.shape[1], memory_values.shape[-1]
-  chosen = attention_lib.resolve_implementation(implementation, query_key.dtype, ck, cv, t * h * w, chunk_size)
+  dtype = memory_values.dtype
+  chosen = attention_lib.resolve_implementation(implementation, dtype, ck, cv, t * h * w, chunk_size)
   scale = ck ** -0.5 if matmul_norm else 1.0
+  if chosen != 'fused':  # float32 scores and read-out whatever the compute dtype (as PCMA's `attend`)
+    query_key, memory_keys, memory_values = (a.astype(jnp.float32) for a in (query_key, memory_keys,
+                                                                              memory_values))
   if chosen != 'dense':
     read = attention_lib.memory_attention(
         query_key.reshape(n, h * w, ck), memory_keys.reshape(n, t, h * w, ck),
         memory_values.reshape(n, t, h * w, cv), scale=scale, implementation=implementation,
         chunk_size=chunk_size, precision=precision)
-    return read.reshape(n, h, w, cv)
+    return read.reshape(n, h, w, cv).astype(dtype)
   keys = memory_keys.reshape(n, -1, ck)
   values = memory_values.reshape(n, keys.shape[1], -1)
   logits = jnp.einsum('nqc,nmc->nqm', query_key.reshape(n, h * w, ck), keys, precision=precision)
   if matmul_norm:
     logits = logits * ck ** -0.5
   attention = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(values.dtype)
-  return jnp.einsum('nqm,nmc->nqc', attention, values, precision=precision).reshape(n, h, w, -1)
+  return jnp.einsum('nqm,nmc->nqc', attention, values, precision=precision).reshape(n, h, w, -1).astype(dtype)
 
 
 class TMA(TemporalModule):
