@@ -6,7 +6,10 @@
 How it runs. `lanes` sequences are streamed side by side (a batch of `lanes` frames per step; lane g plays
 sequences g, g + lanes, g + 2 lanes, ...). Each step calls the jitted `model.step(frame, memory, reset)`; `reset`
 is the frame's `sequence_start`, so a lane's memory is cleared whenever it starts a new sequence, exactly as
-when one sequence is played alone. A lane that has run out of frames is fed a blank, unscored frame. With
+when one sequence is played alone. A lane that has run out of frames is fed a blank, unscored frame. A
+non-causal model (`model.delay` = 1, STF) returns at each step the prediction of the frame fed the step before:
+each prediction is scored against the label of the frame it belongs to, a lane's next sequence start ends its
+previous sequence (the model applies its edge rule), and one more step of blank frames flushes the last ones. With
 several devices the lanes are split over them (the memory too); with several processes each process reads and
 scores its own lanes.
 
@@ -22,6 +25,7 @@ never imports the trainer: the streamed step is `inference.segment_frames`, shar
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import json
@@ -238,12 +242,56 @@ class Evaluator:
     frames_seen = labelled_seen = 0
     memory = None
     image_size = None
+    delay = self.model.delay
+    # Per lane, the items fed whose predictions have not come back yet (None: a blank frame). A non-causal model
+    # returns, at each step, the prediction of the frame fed `delay` steps before.
+    pending = [collections.deque() for _ in streams]
     start = time.time()
     steady_start, steady_frames = None, 0
-    for tick in range(ticks):
+
+    def run_tick(items):
+      """Feeds one frame per lane (None: a blank, reset frame) and scores the predictions that come back."""
+      nonlocal memory, frames_seen, labelled_seen, confusion
+      frames = np.zeros((len(items),) + image_size + (3,), np.float32)
+      reset = np.ones((len(items),), bool)
+      for lane, it in enumerate(items):
+        if it is not None:
+          frames[lane] = it['frames'][0, 0]
+          reset[lane] = bool(it['sequence_start'][0, 0])
+      due = []
+      for lane, it in enumerate(items):
+        pending[lane].append(it)
+        due.append(pending[lane].popleft() if len(pending[lane]) > delay else None)
+      global_frames = jax.make_array_from_process_local_data(self._batch_sharding, frames,
+                                                              (self.lanes,) + frames.shape[1:])
+      global_reset = jax.make_array_from_process_local_data(self._batch_sharding, reset, (self.lanes,))
+      scored = [it for it in due if it is not None]
+      label_sizes = {tuple(it['labels'].shape[2:4]) for it in scored}
+      if len(label_sizes) > 1:
+        raise ValueError(f'labels of different sizes {sorted(label_sizes)} in one evaluation step (native '
+                         'labels): evaluate with eval_batch_size=1')
+      label_size = label_sizes.pop() if label_sizes else image_size
+      predictions, memory = self._step(variables, global_frames, memory, global_reset, label_size)
+      predictions = parallel.local_rows(predictions)
+      for lane, it in enumerate(due):
+        if it is None:
+          continue
+        frames_seen += 1
+        label = it['labels'][0, 0]
+        labelled = bool(it['labelled'][0, 0])
+        if labelled:
+          labelled_seen += 1
+          confusion += confusion_matrix(label, predictions[lane], self.num_classes)
+        if callback is not None:
+          callback(FramePrediction(sequence=str(it['sequence']), sequence_index=int(it['sequence_index']),
+                                   frame_index=int(it['frame_index']),
+                                   frame_number=int(it['frame_number']), frames=it['frames'][0, 0],
+                                   label=label, labelled=labelled, prediction=predictions[lane]))
+
+    for tick in range(ticks + delay):  # a non-causal model: `delay` more steps flush the last frames
       items = []
       for lane, stream in enumerate(streams):
-        item = next(stream, None) if stream is not None else None
+        item = next(stream, None) if stream is not None and tick < ticks else None
         if item is None:
           streams[lane] = None
         items.append(item)
@@ -258,38 +306,13 @@ class Evaluator:
       if size != image_size:
         if image_size is not None and not all(bool(it['sequence_start'][0, 0]) for it in real):
           raise ValueError(f'frame size changed from {image_size} to {size} within a sequence')
+        for _ in range(delay if image_size is not None else 0):  # flush the frames of the old size first
+          run_tick([None] * len(items))
         image_size = size
         memory = self._empty_memory(image_size)
-      frames = np.zeros((len(items),) + image_size + (3,), np.float32)
-      reset = np.ones((len(items),), bool)
-      for lane, it in enumerate(items):
-        if it is not None:
-          frames[lane] = it['frames'][0, 0]
-          reset[lane] = bool(it['sequence_start'][0, 0])
-      global_frames = jax.make_array_from_process_local_data(self._batch_sharding, frames,
-                                                              (self.lanes,) + frames.shape[1:])
-      global_reset = jax.make_array_from_process_local_data(self._batch_sharding, reset, (self.lanes,))
-      label_sizes = {tuple(it['labels'].shape[2:4]) for it in real}
-      if len(label_sizes) > 1:
-        raise ValueError(f'labels of different sizes {sorted(label_sizes)} in one evaluation step (native '
-                         'labels): evaluate with eval_batch_size=1')
-      label_size = label_sizes.pop() if label_sizes else image_size
-      predictions, memory = self._step(variables, global_frames, memory, global_reset, label_size)
-      predictions = parallel.local_rows(predictions)
-      for lane, it in enumerate(items):
-        if it is None:
-          continue
-        frames_seen += 1
-        label = it['labels'][0, 0]
-        labelled = bool(it['labelled'][0, 0])
-        if labelled:
-          labelled_seen += 1
-          confusion += confusion_matrix(label, predictions[lane], self.num_classes)
-        if callback is not None:
-          callback(FramePrediction(sequence=str(it['sequence']), sequence_index=int(it['sequence_index']),
-                                   frame_index=int(it['frame_index']),
-                                   frame_number=int(it['frame_number']), frames=it['frames'][0, 0],
-                                   label=label, labelled=labelled, prediction=predictions[lane]))
+        for queue in pending:
+          queue.clear()
+      run_tick(items)
       if tick == 0:
         steady_start = time.time()
       else:

@@ -14,6 +14,7 @@ so outputs have exactly the input's frame count and size. The command line is `p
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import os
@@ -74,10 +75,14 @@ def segment_frames(model, variables, frames, memory, reset=None, *, out_size: tu
 
 
 @functools.lru_cache(maxsize=32)
-def _step_function(model, out_size: tuple[int, int], donate: bool):
-  """jit(variables, frame (1, h, w, 3), memory) -> (labels int32 (1, H, W) at `out_size`, new memory)."""
+def _step_function(model, out_size: tuple[int, int], donate: bool, flush: bool = False):
+  """jit(variables, frame (1, h, w, 3), memory) -> (labels int32 (1, H, W) at `out_size`, new memory).
+
+  flush: the frame ends the stream (a reset after it): a non-causal model returns the last frame fed before it.
+  """
   step = functools.partial(segment_frames, model, out_size=out_size)
-  return jax.jit(lambda variables, frame, memory: step(variables, frame, memory),
+  reset = jnp.ones((1,), bool) if flush else None
+  return jax.jit(lambda variables, frame, memory: step(variables, frame, memory, reset),
                  donate_argnums=(2,) if donate else ())
 
 
@@ -126,12 +131,18 @@ def predict_video(model, variables, frames: Iterable[np.ndarray], *, mean: Seque
 
   The one-frame step is jit-compiled once per (model, sizes) and reused across calls; the next frame is sent
   to the device before the previous result is fetched, so decoding and host work overlap the computation.
+
+  A non-causal model (`model.delay` = 1: STF needs frame t+1 for frame t) returns each frame's labels one step
+  later; they are paired with their own frame, and after the last frame one flush step (the model's edge rule
+  for a missing next frame) gives the last frame's, so every frame is yielded, in order.
   """
   if not 0.0 <= float(alpha) <= 1.0:
     raise ValueError(f'alpha must be in [0, 1], got {alpha}')
   donate = jax.default_backend() != 'cpu'
-  frame_size = step = memory = model_size = None
+  delay = int(getattr(model, 'delay', 0))
+  frame_size = step = memory = model_size = prepared = None
   pending = None
+  waiting = collections.deque()  # (index, frame) fed, whose labels have not come back yet
 
   def finish(index, image, labels):
     labels = np.asarray(labels)[0]
@@ -148,10 +159,18 @@ def predict_video(model, variables, frames: Iterable[np.ndarray], *, mean: Seque
     elif tuple(frame.shape[:2]) != frame_size:
       raise ValueError(f'frame {index} is {frame.shape[0]}x{frame.shape[1]}, the first frame '
                        f'{frame_size[0]}x{frame_size[1]}: all frames of a video must have one size')
-    labels, memory = step(variables, prepare_frame(frame, model_size, mean, std, normalize), memory)
+    prepared = prepare_frame(frame, model_size, mean, std, normalize)
+    labels, memory = step(variables, prepared, memory)
+    waiting.append((index, frame))
+    if len(waiting) > delay:
+      if pending is not None:
+        yield finish(*pending)
+      pending = waiting.popleft() + (labels,)
+  for _ in range(delay if waiting else 0):  # the last frames' labels: flush (a reset ends the stream)
+    labels, memory = _step_function(model, frame_size, donate, flush=True)(variables, prepared, memory)
     if pending is not None:
       yield finish(*pending)
-    pending = (index, frame, labels)
+    pending = waiting.popleft() + (labels,)
   if pending is not None:
     yield finish(*pending)
 

@@ -156,3 +156,39 @@ def test_visualize_palette_and_overlay(tmp_path):
   assert Image.open(path).size == (2 * 3 + 2 * 4, 2)
   frames = (np.array([[[0.5, 0.5, 0.5]]], np.float32) - 0.2) / 0.25
   np.testing.assert_array_equal(visualize.denormalize(frames, (0.2,) * 3, (0.25,) * 3), [[[128, 128, 128]]])
+
+
+def _stf_test_config(**overrides):
+  """configs/test.py's data with a tiny non-causal model: the 'pspnet' extractor on stage 2 (4x4 features of the
+  32x32 frames), STF in 2x2 blocks, the classifier on 'psp'."""
+  return support.load_test_config(**{
+      'model.temporal': 'stf', 'model.backbone': 'pspnet', 'model.head': 'classifier',
+      'model.head_options': {'in_stage': 'psp'}, 'model.pspnet.stage': 'stage2', 'model.pspnet.channels': 16,
+      'model.stf.block_size': (2, 2), 'model.stf.embedding_size': (4, 4), 'model.stf.ffn_channels': 8,
+      **overrides})
+
+
+@pytest.mark.parametrize('lanes', [1, 2])
+def test_a_non_causal_model_scores_every_frame_against_its_own_label(lanes):
+  """STF returns frame t's prediction when frame t+1 is fed: each prediction is paired with its frame (and label),
+  a lane's next sequence ends its previous one, and a last step flushes the final frames."""
+  config = _stf_test_config()
+  num_classes = data_lib.num_classes(config.data)
+  model = models.build(config.model, num_classes)
+  assert model.delay == 1
+  variables = jax.jit(model.init)(jax.random.key(3), np.zeros((1, 1, 32, 32, 3), np.float32))
+  seen = []
+  metrics = evaluation.Evaluator(model, config.data, 'val', lanes=lanes).evaluate(variables, callback=seen.append)
+  sequences = data_lib.make_sequences(config.data, 'val')
+  assert metrics.frames == len(seen) == sequences.num_frames
+  by_sequence = {}
+  for frame in seen:
+    by_sequence.setdefault(frame.sequence, []).append(frame)
+  for name, frames in by_sequence.items():
+    assert [f.frame_index for f in frames] == list(range(len(frames)))
+    clip = np.stack([f.frames for f in frames])[None]
+    aligned = np.argmax(np.asarray(jax.jit(model.apply)(variables, clip).logits[0]), axis=-1)
+    assert np.mean(aligned == np.stack([f.prediction for f in frames])) > 0.999, name
+  labels = [f.label for f in seen if f.labelled]
+  predictions = [f.prediction for f in seen if f.labelled]
+  np.testing.assert_allclose(metrics.miou, _independent_miou(labels, predictions, num_classes), rtol=1e-12)

@@ -237,3 +237,33 @@ def test_load_run_restores_the_run_and_checks_the_tree(run, loaded):
     checkpoints.load_run(run.root)
   with pytest.raises(checkpoints.CheckpointError, match='selects a step of a run'):
     predict.load(None, '7')
+
+
+def test_a_non_causal_model_writes_every_frame_with_its_own_labels(run, tmp_path):
+  """STF needs frame t+1 to segment frame t: predict pairs each output with its frame and flushes the last one,
+  so every frame comes out, in order, with the labels of the aligned clip."""
+  import jax
+  from ma_resnet.data import normalize_images
+  config = train_config.load_config(os.path.join(REPO, 'configs', 'stf_synthetic.py:stf'), {
+      'data.synthetic.height': HEIGHT, 'data.synthetic.width': WIDTH, 'data.crop_size': (HEIGHT, WIDTH),
+      'model.pspnet.channels': 16, 'model.stf.ffn_channels': 8, 'model.stf.block_size': (2, 2),
+      'model.stf.embedding_size': (6, 8), 'model.frozen': ()})
+  workdir = str(tmp_path / 'stf_run')
+  _write_random_run(workdir, config)
+  restored = checkpoints.load_run(workdir)
+  assert restored.model.delay == 1
+  settings = inference.input_settings(restored.config)
+  predicted = list(inference.predict_video(restored.model, restored.variables, run.frames, mean=settings.mean,
+                                           std=settings.std))
+  assert [p.index for p in predicted] == list(range(NUM_FRAMES))
+  assert all(np.array_equal(p.image, f) for p, f in zip(predicted, run.frames))
+  clip = normalize_images(run.frames, settings.mean, settings.std)[None]
+  aligned = np.asarray(jax.jit(restored.model.apply)(restored.variables, clip).logits[0]).argmax(-1)
+  assert np.mean(np.stack([p.labels for p in predicted]) == aligned) > 0.999
+  labels_dir = str(tmp_path / 'labels')
+  summary = inference.predict_file(restored, run.video, str(tmp_path / 'out.mp4'), labels_dir=labels_dir,
+                                   progress=False)
+  assert summary.frames == NUM_FRAMES
+  assert sorted(os.listdir(labels_dir)) == [f'{i:06d}.png' for i in range(NUM_FRAMES)]
+  written = np.stack([np.asarray(Image.open(os.path.join(labels_dir, f'{i:06d}.png'))) for i in range(NUM_FRAMES)])
+  np.testing.assert_array_equal(written, np.stack([p.labels for p in predicted]))

@@ -1,5 +1,6 @@
 """Every temporal module on the one interface: scan = step, reset of exactly the flagged samples, gradients
-reaching every parameterised part; TMA's window order and warm-up."""
+reaching every parameterised part; TMA's window order and warm-up. A non-causal module (STF, delay 1) steps one
+frame behind: stepping then flushing equals the clip."""
 import functools
 
 import jax
@@ -11,7 +12,7 @@ from ma_resnet.models import build, default_model_config
 from ma_resnet.models.temporal import reset_state
 
 H, W, CLASSES = 32, 48, 4
-MODULES = ('plain', 'pcma', 'tma')
+MODULES = ('plain', 'pcma', 'tma', 'stf')
 
 
 def tiny_config(temporal: str):
@@ -26,6 +27,13 @@ def tiny_config(temporal: str):
     config.head = 'classifier'
     config.head_options = {'in_stage': 'stage4'}
     config.tma.update(memory_length=2, key_channels=8, value_channels=16, channels=24)
+  if temporal == 'stf':  # the PSP bottleneck (2x3 at output stride 16) -> STF + MAR -> classifier
+    config.backbone = 'pspnet'
+    config.pspnet.update(stage='stage4', channels=16)
+    config.head = 'classifier'
+    config.head_options = {'in_stage': 'psp'}
+    config.stf.update(heads=2, ffn_channels=8, block_size=(1, 3), embedding_size=(4, 6), mar=True,
+                      memory_per_class=2)
   return config
 
 
@@ -52,12 +60,21 @@ def test_scan_equals_step_with_reset(temporal):
   first = apply(variables, frames)  # fills the memory
   out = apply(variables, frames, first.memory, reset)
   memory = first.memory
+  delay = model.delay
+  steps = []
   for i in range(frames.shape[1]):
     one = step(variables, frames[:, i], memory, reset[:, i])
     memory = one.memory
-    np.testing.assert_allclose(one.logits, out.logits[:, i], atol=1e-6, rtol=0)
+    steps.append(one)
+  final_memory = memory
+  for _ in range(delay):  # a non-causal module emits the last frame when the sequence ends: the flush
+    steps.append(jax.jit(functools.partial(model.apply, method=model.flush))(variables, frames[:, -1], memory))
+  for i in range(frames.shape[1]):
+    one = steps[i + delay]  # stepping frame i + delay (or flushing) emits frame i
+    np.testing.assert_allclose(one.logits, out.logits[:, i], atol=1e-5 if delay else 1e-6, rtol=0)
     np.testing.assert_array_equal(one.enhanced, out.enhanced[:, i])
-  for a, b in zip(jax.tree.leaves(memory), jax.tree.leaves(out.memory)):  # raw maps: batch-size rounding
+    assert np.asarray(one.ready).all() and np.asarray(out.ready[:, i]).all()
+  for a, b in zip(jax.tree.leaves(final_memory), jax.tree.leaves(out.memory)):  # raw maps: batch-size rounding
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
 
 
