@@ -606,17 +606,24 @@ def load_pretrained_encoder(state, path: str, model_config, mesh=None):
                        else new_stats)
 
 
-def init_from_run(state, path: str, mesh=None) -> tuple[Any, dict[str, list[str]]]:
+def init_from_run(state, path: str, mesh=None, exclude: tuple[str, ...] = ()) -> tuple[Any, dict[str, list[str]]]:
   """`state` with every variable that a previous run's checkpoint also has (same path, same shape) taken from
   that checkpoint: the stages of a staged recipe (e.g. a per-frame model, then a temporal module on top).
 
-  path: a run folder (its best checkpoint), its checkpoints/ folder or a step folder. Returns the new state and
-  {'loaded': [...], 'new': [...]} (variable paths; 'new' keep their initial values). CheckpointMismatchError when a
-  shared path has another shape, or when nothing matches (not a run of a related model).
+  path: a run folder (its best checkpoint), its checkpoints/ folder or a step folder. exclude: variable path
+  prefixes without the collection (e.g. 'head' = params/head/... and batch_stats/head/...) never taken from it.
+  Returns the new state and {'loaded': [...], 'new': [...]} (variable paths; 'new' keep their initial values).
+  CheckpointMismatchError when a shared path has another shape, or when nothing matches (not a run of a related
+  model).
   """
+  def excluded(key: str) -> bool:
+    name = key.split('/', 1)[1]
+    return any(name == p.strip('/') or name.startswith(p.strip('/') + '/') for p in exclude)
+
   store, step, _ = _locate(path, 'best')
   try:
-    stored = {k: v for k, v in store.stored_shapes(step).items() if k.split('/')[0] in ('params', 'batch_stats')}
+    stored = {k: v for k, v in store.stored_shapes(step).items()
+              if k.split('/')[0] in ('params', 'batch_stats') and not excluded(k)}
     current = flat_shapes({'params': state.params, 'batch_stats': state.batch_stats})
     reshaped = sorted(k for k in set(stored) & set(current) if stored[k][0] != current[k][0])
     shared = sorted(k for k in set(stored) & set(current) if k not in reshaped)

@@ -142,7 +142,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, progr
       state = checkpoints_lib.load_pretrained_encoder(state, config.init_from, config.model, mesh)
       logging_utils.console(f'Encoder initialised from {config.init_from}')
     elif config.init_from:
-      state, report = checkpoints_lib.init_from_run(state, config.init_from, mesh)
+      state, report = checkpoints_lib.init_from_run(state, config.init_from, mesh,
+                                                    exclude=tuple(config.get('init_from_exclude') or ()))
       new = sorted({'/'.join(k.split('/')[:3]) for k in report['new']})
       logging_utils.console(f'Initialised {len(report["loaded"])} variables from {config.init_from}; new: '
                             f'{", ".join(new) if new else "none"}')

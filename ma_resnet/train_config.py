@@ -39,6 +39,8 @@ Fields
                          variables become the encoder (`backbone`) | a previous train.py run (its folder, or a
                          step folder): every variable it shares with this model (same path and shape) is taken
                          from its best checkpoint, the others keep their initial values (staged recipes)
+  init_from_exclude      variable path prefixes a previous run must not provide (e.g. ('head',): the classifier
+                         starts anew, as in the STF recipe); matched against params/... and batch_stats/... paths
   compute_dtype          'float32' | 'bfloat16' (parameters, optimizer state and the loss stay float32)
   aux_loss_weight        weight of the auxiliary head's loss (used when model.aux_head is set)
   class_balance          0: plain cross-entropy. p > 0: each class's pixels weigh (median class frequency /
@@ -103,6 +105,7 @@ def base_config(dataset: str = 'synthetic') -> ml_collections.ConfigDict:
   config.keep_checkpoints = 2
 
   config.init_from = ''
+  config.init_from_exclude = ()
   config.aux_loss_weight = 0.4
   config.class_balance = 0.0
   config.loss_on_warmup_frames = True
@@ -189,3 +192,21 @@ def validate(config: ml_collections.ConfigDict) -> None:
   need(config.data.clip_length >= 1, f'data.clip_length must be >= 1, got {config.data.clip_length}')
   from ma_resnet.models.build import validate_model_config
   validate_model_config(config.model)
+  _validate_mar_memory(config)
+
+
+def _validate_mar_memory(config: ml_collections.ConfigDict) -> None:
+  """The MAR memory files a config starts from (model.stf.memory_init) exist and fit the model, before anything
+  is written (a restored run does not need them: its checkpoint holds the memory)."""
+  model = config.model
+  if model.temporal != 'stf' or not model.get('stf', {}).get('mar') or not model.stf.get('memory_init'):
+    return
+  from ma_resnet import data as data_lib
+  from ma_resnet.models import build
+  from ma_resnet.models.temporal.stf import load_memory
+  num_classes = data_lib.num_classes(config.data)
+  temporal = build(model, num_classes).temporal
+  try:
+    load_memory(model.stf.memory_init, num_classes, int(model.stf.memory_per_class), temporal.channels)
+  except ValueError as e:
+    raise ValueError(f'invalid config: model.stf.memory_init: {e}') from None
