@@ -269,7 +269,11 @@ def _install_grain_stand_in():
   grain.transforms = types.SimpleNamespace(
       Map=type('Map', (abc.ABC,), {}), RandomMap=type('RandomMap', (abc.ABC,), {}),
       Batch=Missing('grain.transforms.Batch'))
-  grain.__getattr__ = lambda attr: Missing(f'grain.{attr}')
+  def attribute(attr):
+    if attr.startswith('__'):  # module introspection (__file__, __path__, ...) sees a plain module
+      raise AttributeError(attr)
+    return Missing(f'grain.{attr}')
+  grain.__getattr__ = attribute
   sys.modules['grain'] = grain
 
 
@@ -294,6 +298,9 @@ class TrainRunner:
   """The jitted training step of `ma_resnet.training` on random batches of the config's shape."""
 
   def __init__(self, system: str, dtype: str, size, smoke: bool):
+    if importlib.util.find_spec('ml_collections') is None:
+      raise ModuleNotFoundError('ml_collections is not installed: configs/camvid.py and ma_resnet.training need it; '
+                                'carry it (pure Python, see the docstring: .carry/ml_collections)')
     _install_grain_stand_in()
     from ma_resnet import training
     config = camvid_config(system, dtype, size, smoke)
