@@ -96,6 +96,12 @@ class EvalMetrics:
   seconds: float
   frames_per_second: float
   split: str = ''
+  # Models that carry a memory: `model.frame_kinds` (THA: ('key', 'non-key')) and the scores split by it:
+  # kind_confusion (2, K, K) int64 (index 1: the output used the memory), kind_frames / kind_labelled (2,).
+  frame_kinds: tuple[str, str] | None = None
+  kind_confusion: np.ndarray | None = None
+  kind_frames: tuple[int, int] = (0, 0)
+  kind_labelled: tuple[int, int] = (0, 0)
 
   @property
   def per_class_iou(self) -> np.ndarray:
@@ -108,6 +114,13 @@ class EvalMetrics:
   @property
   def pixel_accuracy(self) -> float:
     return pixel_accuracy(self.confusion)
+
+  def kinds(self) -> list[dict[str, Any]]:
+    """Per kind of frame (warm-up / with memory; THA: key / non-key): name, frames, labelled, mIoU."""
+    if not self.frame_kinds or self.kind_confusion is None:
+      return []
+    return [{'kind': name, 'frames': int(self.kind_frames[i]), 'labelled_frames': int(self.kind_labelled[i]),
+             'miou': mean_iou(self.kind_confusion[i])} for i, name in enumerate(self.frame_kinds)]
 
   def scalars(self) -> dict[str, float]:
     return {'miou': self.miou, 'pixel_accuracy': self.pixel_accuracy,
@@ -126,6 +139,7 @@ class EvalMetrics:
         'frames_per_second': self.frames_per_second,
         'confusion_matrix': self.confusion.tolist(),
         'class_names': list(self.class_names),
+        'frame_kinds': [{**k, 'miou': nan_to_none(k['miou'])} for k in self.kinds()],
     }
 
   def table(self) -> str:
@@ -142,6 +156,9 @@ class EvalMetrics:
     lines.append(f'{"pixel accuracy":<{width}}  {100 * self.pixel_accuracy:6.2f}%')
     lines.append(f'{self.frames} frames ({self.labelled_frames} labelled) in {self.seconds:.1f} s, '
                  f'{self.frames_per_second:.1f} frames/s')
+    for k in self.kinds():
+      score = 'n/a' if math.isnan(k['miou']) else f'{100 * k["miou"]:.2f}%'
+      lines.append(f'{k["kind"]} frames: {k["frames"]} ({k["labelled_frames"]} labelled), mIoU {score}')
     return '\n'.join(lines)
 
 
@@ -193,7 +210,7 @@ class Evaluator:
     self._memory_fns = {}
 
   def _step(self, variables, frames, memory, reset, label_size: tuple[int, int]):
-    """(predictions int32 (lanes, *label_size), memory): one streamed frame per lane.
+    """(predictions int32 (lanes, *label_size), memory, enhanced (lanes,) bool): one streamed frame per lane.
 
     Logits are resized (bilinear) to `label_size` when the labels are larger or smaller than the frames
     (`data.eval_native_labels`).
@@ -202,7 +219,8 @@ class Evaluator:
     if fn is None:
       sharding = self._batch_sharding
       fn = jax.jit(functools.partial(inference.segment_frames, self.model, out_size=label_size),
-                   in_shardings=(self._replicated, sharding, sharding, sharding), out_shardings=(sharding, sharding))
+                   in_shardings=(self._replicated, sharding, sharding, sharding),
+                   out_shardings=(sharding, sharding, sharding))
       self._step_fns[label_size] = fn
     return fn(variables, frames, memory, reset)
 
@@ -238,8 +256,8 @@ class Evaluator:
       else:
         streams.append(None)
 
-    confusion = np.zeros((self.num_classes, self.num_classes), np.int64)
-    frames_seen = labelled_seen = 0
+    confusion = np.zeros((2, self.num_classes, self.num_classes), np.int64)  # by kind: enhanced or not
+    kind_counts = np.zeros((2, 2), np.int64)  # [enhanced][frames, labelled]
     memory = None
     image_size = None
     delay = self.model.delay
@@ -251,7 +269,7 @@ class Evaluator:
 
     def run_tick(items):
       """Feeds one frame per lane (None: a blank, reset frame) and scores the predictions that come back."""
-      nonlocal memory, frames_seen, labelled_seen, confusion
+      nonlocal memory
       frames = np.zeros((len(items),) + image_size + (3,), np.float32)
       reset = np.ones((len(items),), bool)
       for lane, it in enumerate(items):
@@ -271,17 +289,17 @@ class Evaluator:
         raise ValueError(f'labels of different sizes {sorted(label_sizes)} in one evaluation step (native '
                          'labels): evaluate with eval_batch_size=1')
       label_size = label_sizes.pop() if label_sizes else image_size
-      predictions, memory = self._step(variables, global_frames, memory, global_reset, label_size)
-      predictions = parallel.local_rows(predictions)
+      predictions, memory, enhanced = self._step(variables, global_frames, memory, global_reset, label_size)
+      predictions, enhanced = parallel.local_rows(predictions), parallel.local_rows(enhanced)
       for lane, it in enumerate(due):
         if it is None:
           continue
-        frames_seen += 1
+        kind = int(bool(enhanced[lane]))
         label = it['labels'][0, 0]
         labelled = bool(it['labelled'][0, 0])
+        kind_counts[kind] += (1, int(labelled))
         if labelled:
-          labelled_seen += 1
-          confusion += confusion_matrix(label, predictions[lane], self.num_classes)
+          confusion[kind] += confusion_matrix(label, predictions[lane], self.num_classes)
         if callback is not None:
           callback(FramePrediction(sequence=str(it['sequence']), sequence_index=int(it['sequence_index']),
                                    frame_index=int(it['frame_index']),
@@ -320,12 +338,16 @@ class Evaluator:
     seconds = time.time() - start
     steady_seconds = time.time() - steady_start if steady_start is not None else 0.0
     confusion = parallel.sum_over_processes(confusion)
-    counts = parallel.sum_over_processes(np.array([frames_seen, labelled_seen, steady_frames], np.int64))
-    frames_seen, labelled_seen, steady_frames = (int(c) for c in counts)
+    kind_counts = parallel.sum_over_processes(kind_counts)
+    steady_frames = int(parallel.sum_over_processes(np.array([steady_frames], np.int64))[0])
+    frames_seen, labelled_seen = (int(c) for c in kind_counts.sum(0))
     fps = steady_frames / steady_seconds if steady_seconds > 0 and steady_frames else (
         frames_seen / seconds if seconds > 0 else 0.0)
-    return EvalMetrics(confusion=confusion, class_names=self.class_names, frames=frames_seen,
-                       labelled_frames=labelled_seen, seconds=seconds, frames_per_second=fps, split=self.split)
+    return EvalMetrics(confusion=confusion.sum(0), class_names=self.class_names, frames=frames_seen,
+                       labelled_frames=labelled_seen, seconds=seconds, frames_per_second=fps, split=self.split,
+                       frame_kinds=self.model.frame_kinds, kind_confusion=confusion,
+                       kind_frames=tuple(int(c) for c in kind_counts[:, 0]),
+                       kind_labelled=tuple(int(c) for c in kind_counts[:, 1]))
 
 
 # ---------------------------------------------------------------------------------------------------------

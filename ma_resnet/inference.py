@@ -38,6 +38,8 @@ class PredictedFrame(NamedTuple):
   image: np.ndarray            # uint8 (H, W, 3): the input frame
   labels: np.ndarray           # int32 (H, W): arg-max class per pixel, at the input size
   overlay: np.ndarray | None   # uint8 (H, W, 3): palette colours blended over the frame (None without palette)
+  enhanced: bool = False       # the output used the carried memory (`model.frame_kinds` names both kinds:
+                               # THA: False = a key frame, True = a non-key frame)
 
 
 class InputSettings(NamedTuple):
@@ -65,18 +67,19 @@ def segment_frames(model, variables, frames, memory, reset=None, *, out_size: tu
   """One streamed frame per lane: the model's `step`, logits resized (bilinear) to `out_size`, arg-max.
 
   frames (B, h, w, 3) normalised; memory: the model's memory (`init_memory`); reset: optional (B,) bool.
-  Returns (labels int32 (B, *out_size), the new memory). Pure: jit it (evaluation adds shardings).
+  Returns (labels int32 (B, *out_size), the new memory, enhanced (B,) bool: the output used the memory, see
+  `model.frame_kinds`). Pure: jit it (evaluation adds shardings).
   """
   out = model.apply(variables, frames, memory, reset, method=model.step)
   logits = out.logits
   if out_size is not None and tuple(logits.shape[1:3]) != tuple(out_size):
     logits = resize_bilinear(logits, tuple(out_size))
-  return jnp.argmax(logits, axis=-1).astype(jnp.int32), out.memory
+  return jnp.argmax(logits, axis=-1).astype(jnp.int32), out.memory, out.enhanced
 
 
 @functools.lru_cache(maxsize=32)
 def _step_function(model, out_size: tuple[int, int], donate: bool, flush: bool = False):
-  """jit(variables, frame (1, h, w, 3), memory) -> (labels int32 (1, H, W) at `out_size`, new memory).
+  """jit(variables, frame (1, h, w, 3), memory) -> (labels int32 (1, H, W) at `out_size`, new memory, enhanced).
 
   flush: the frame ends the stream (a reset after it): a non-causal model returns the last frame fed before it.
   """
@@ -144,10 +147,10 @@ def predict_video(model, variables, frames: Iterable[np.ndarray], *, mean: Seque
   pending = None
   waiting = collections.deque()  # (index, frame) fed, whose labels have not come back yet
 
-  def finish(index, image, labels):
-    labels = np.asarray(labels)[0]
+  def finish(index, image, result):
+    labels, enhanced = np.asarray(result[0])[0], bool(np.asarray(result[1])[0])
     overlay = None if palette is None else visualize.overlay(image, labels, palette, alpha)
-    return PredictedFrame(index, image, labels, overlay)
+    return PredictedFrame(index, image, labels, overlay, enhanced)
 
   for index, frame in enumerate(frames):
     frame = _as_rgb(frame)
@@ -160,17 +163,17 @@ def predict_video(model, variables, frames: Iterable[np.ndarray], *, mean: Seque
       raise ValueError(f'frame {index} is {frame.shape[0]}x{frame.shape[1]}, the first frame '
                        f'{frame_size[0]}x{frame_size[1]}: all frames of a video must have one size')
     prepared = prepare_frame(frame, model_size, mean, std, normalize)
-    labels, memory = step(variables, prepared, memory)
+    labels, memory, enhanced = step(variables, prepared, memory)
     waiting.append((index, frame))
     if len(waiting) > delay:
       if pending is not None:
         yield finish(*pending)
-      pending = waiting.popleft() + (labels,)
+      pending = waiting.popleft() + ((labels, enhanced),)
   for _ in range(delay if waiting else 0):  # the last frames' labels: flush (a reset ends the stream)
-    labels, memory = _step_function(model, frame_size, donate, flush=True)(variables, prepared, memory)
+    labels, memory, enhanced = _step_function(model, frame_size, donate, flush=True)(variables, prepared, memory)
     if pending is not None:
       yield finish(*pending)
-    pending = waiting.popleft() + (labels,)
+    pending = waiting.popleft() + ((labels, enhanced),)
   if pending is not None:
     yield finish(*pending)
 
@@ -186,6 +189,12 @@ class PredictionSummary:
   seconds: float
   frames_per_second: float     # excluding the first frame (compilation)
   decode_errors: list[str]
+  frame_kinds: tuple[str, str] | None = None  # `model.frame_kinds` (None: a per-frame model)
+  enhanced: list[bool] = dataclasses.field(default_factory=list)  # per frame: the output used the memory
+
+  def frames_of_kind(self, enhanced: bool) -> list[int]:
+    """Indices of the frames whose output did (True) or did not (False: THA's key frames) use the memory."""
+    return [i for i, e in enumerate(self.enhanced) if e == enhanced]
 
 
 def predict_file(run, video: str | video_io.FrameReader, out: str, *,
@@ -220,6 +229,7 @@ def predict_file(run, video: str | video_io.FrameReader, out: str, *,
       start = time.time()
       first_done = None
       count = 0
+      enhanced = []
       try:
         for p in predict_video(run.model, run.variables, reader, mean=settings.mean, std=settings.std,
                                size=model_size, palette=settings.palette, alpha=alpha,
@@ -230,6 +240,7 @@ def predict_file(run, video: str | video_io.FrameReader, out: str, *,
                     else f'{p.index:06d}')
             labels.write(name, p.labels)
           count += 1
+          enhanced.append(p.enhanced)
           if first_done is None:
             first_done = time.time()
           if bar is not None:
@@ -252,6 +263,6 @@ def predict_file(run, video: str | video_io.FrameReader, out: str, *,
       out=writer.path, labels_dir=labels.folder if labels is not None else None, frames=count,
       size=info.size, model_size=tuple(model_size), fps=out_fps, seconds=end - start,
       frames_per_second=(count - 1) / steady if count > 1 and steady > 0 else float('nan'),
-      decode_errors=list(reader.decode_errors))
+      decode_errors=list(reader.decode_errors), frame_kinds=run.model.frame_kinds, enhanced=enhanced)
 
 

@@ -139,7 +139,9 @@ def main(argv) -> None:
       cli.fail(str(e), EXIT_CHECKPOINT)
     info = reader.info
     model = run.config.model
-    print(f'model: {model.temporal} + resnet{model.depth} + {model.head}, step {run.step} ({run.checkpoint_path})',
+    backbone = model.get('backbone', 'resnet')
+    backbone = f'resnet{model.depth}' if backbone == 'resnet' else backbone
+    print(f'model: {model.temporal} + {backbone} + {model.head}, step {run.step} ({run.checkpoint_path})',
           flush=True)
     print(f'input: {info.path} ({info.kind}, {info.width}x{info.height}, '
           f'{info.num_frames if info.num_frames is not None else "?"} frames'
@@ -163,6 +165,22 @@ def main(argv) -> None:
   print(f'wrote {summary.out}: {summary.frames} frames {summary.size[1]}x{summary.size[0]} (WxH) at {summary.fps:g} '
         f'fps (model input {summary.model_size[1]}x{summary.model_size[0]}){labels_note}; '
         f'{summary.frames_per_second:.1f} frames/s after the first', flush=True)
+  if summary.frame_kinds:  # which frames ran without the memory (THA: the key frames, the full network)
+    plain = summary.frames_of_kind(False)
+    print(f'{summary.frame_kinds[0]} frames: {len(plain)} of {summary.frames} ({_index_list(plain)}); the other '
+          f'{summary.frames - len(plain)}: {summary.frame_kinds[1]}', flush=True)
+
+
+def _index_list(indices: list[int], shown: int = 8) -> str:
+  """'0, 5, 10' or '0, 5, 10, 15, 20, 25, 30, 35, ..., 95 (every 5 frames)' for long lists."""
+  if not indices:
+    return 'none'
+  text = ', '.join(str(i) for i in indices[:shown])
+  if len(indices) <= shown:
+    return text
+  gaps = {b - a for a, b in zip(indices, indices[1:])}
+  pattern = f' (every {gaps.pop()} frames)' if len(gaps) == 1 else ''
+  return f'{text}, ..., {indices[-1]}{pattern}'
 
 
 def run(argv=None) -> None:

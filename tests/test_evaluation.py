@@ -192,3 +192,25 @@ def test_a_non_causal_model_scores_every_frame_against_its_own_label(lanes):
   labels = [f.label for f in seen if f.labelled]
   predictions = [f.prediction for f in seen if f.labelled]
   np.testing.assert_allclose(metrics.miou, _independent_miou(labels, predictions, num_classes), rtol=1e-12)
+
+
+def test_key_frames_are_counted_and_scored_apart():
+  """LERNet + THA (K = 2): evaluation reports the key frames (each sequence's frames 0, 2, 4, ...) and the non-key
+  frames, with an mIoU for each kind; the two kinds' confusion matrices add up to the whole one."""
+  config = support.load_test_config(**{
+      'model.temporal': 'tha', 'model.backbone': 'lernet', 'model.head': 'classifier',
+      'model.head_options': {'in_stage': 'high', 'dropout': 0.0}, 'model.tha.key_interval': 2,
+      'model.lernet.dilations': (1, 2)})
+  model = models.build(config.model, data_lib.num_classes(config.data))
+  assert model.frame_kinds == ('key', 'non-key')
+  variables = jax.jit(model.init)(jax.random.key(3), np.zeros((1, 1, 32, 32, 3), np.float32))
+  metrics = evaluation.Evaluator(model, config.data, 'val', lanes=2).evaluate(variables)
+  sequences = data_lib.make_sequences(config.data, 'val')
+  lengths = [sequences.sequence_length(i) for i in range(sequences.num_sequences)]
+  key_frames = sum((n + 1) // 2 for n in lengths)
+  assert metrics.kind_frames == (key_frames, sum(lengths) - key_frames)
+  assert sum(metrics.kind_labelled) == metrics.labelled_frames
+  np.testing.assert_array_equal(metrics.kind_confusion.sum(0), metrics.confusion)
+  kinds = {k['kind']: k for k in metrics.to_json()['frame_kinds']}
+  assert kinds['key']['frames'] == key_frames and set(kinds) == {'key', 'non-key'}
+  assert f'key frames: {key_frames} (' in metrics.table()

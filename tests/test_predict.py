@@ -264,6 +264,27 @@ def test_a_non_causal_model_writes_every_frame_with_its_own_labels(run, tmp_path
   summary = inference.predict_file(restored, run.video, str(tmp_path / 'out.mp4'), labels_dir=labels_dir,
                                    progress=False)
   assert summary.frames == NUM_FRAMES
+  assert summary.frame_kinds == ('sequence edge', 'both neighbours')  # the first and last frame lack one
+  assert summary.frames_of_kind(False) == [0, NUM_FRAMES - 1] == [p.index for p in predicted if not p.enhanced]
   assert sorted(os.listdir(labels_dir)) == [f'{i:06d}.png' for i in range(NUM_FRAMES)]
   written = np.stack([np.asarray(Image.open(os.path.join(labels_dir, f'{i:06d}.png'))) for i in range(NUM_FRAMES)])
   np.testing.assert_array_equal(written, np.stack([p.labels for p in predicted]))
+
+
+def test_key_frames_are_reported(run, tmp_path):
+  """LERNet + THA (K = 3): every frame says whether it was a key frame (the full network) and the summary lists
+  them; the CLI prints them compactly."""
+  config = train_config.load_config(os.path.join(REPO, 'configs', 'lernet_synthetic.py:tha'), {
+      'data.synthetic.height': HEIGHT, 'data.synthetic.width': WIDTH, 'data.crop_size': (HEIGHT, WIDTH),
+      'model.tha.key_interval': 3, 'model.lernet.dilations': (1, 2)})
+  workdir = str(tmp_path / 'tha_run')
+  _write_random_run(workdir, config)
+  restored = checkpoints.load_run(workdir)
+  assert restored.model.frame_kinds == ('key', 'non-key')
+  summary = inference.predict_file(restored, run.video, str(tmp_path / 'out.mp4'), progress=False)
+  assert summary.frames == NUM_FRAMES
+  assert summary.frames_of_kind(False) == list(range(0, NUM_FRAMES, 3))  # key frames
+  assert summary.frames_of_kind(True) == [i for i in range(NUM_FRAMES) if i % 3]
+  assert predict._index_list([0, 3, 6]) == '0, 3, 6'
+  assert predict._index_list(list(range(0, 100, 5))) == '0, 5, 10, 15, 20, 25, 30, 35, ..., 95 (every 5 frames)'
+  assert predict._index_list([]) == 'none'

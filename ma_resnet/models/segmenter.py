@@ -92,6 +92,12 @@ class VideoSegmenter(nn.Module):
     before (0: causal, the frame fed)."""
     return int(getattr(self.temporal, 'delay', 0))
 
+  @property
+  def frame_kinds(self) -> tuple[str, str] | None:
+    """What reports call frames whose `enhanced` is False / True (THA: 'key' / 'non-key'); None for a
+    per-frame model (nothing is carried)."""
+    return tuple(self.temporal.frame_kinds) if self.temporal.has_state else None
+
   def init_memory(self, batch_size: int, frame_size: tuple[int, int]) -> Memory:
     """An empty memory for `batch_size` videos of frames `frame_size` = (H, W). Plain: {}."""
     return self.temporal.init_state(batch_size, self.backbone.feature_shapes(frame_size), self.backbone.dtype)

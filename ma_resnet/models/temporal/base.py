@@ -55,6 +55,8 @@ class TemporalModule(nn.Module):
   needs_backbone: ClassVar[bool] = False
   # Frames of look-ahead a frame's output needs (non-causal modules; see the module docstring).
   delay: ClassVar[int] = 0
+  # What reports call a frame whose `enhanced` is False / True (evaluation scores them apart, predict lists them).
+  frame_kinds: ClassVar[tuple[str, str]] = ('warm-up', 'with memory')
 
   def stages_read(self) -> tuple[str, ...]:
     return ()

@@ -475,6 +475,7 @@ class STF(TemporalModule):
   precision: Any = None
 
   delay: ClassVar[int] = 1
+  frame_kinds: ClassVar[tuple[str, str]] = ('sequence edge', 'both neighbours')
 
   def setup(self):
     self.stf = STFTransformer(self.options, self.channels, self.dtype, self.precision)

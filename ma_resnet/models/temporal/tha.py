@@ -114,6 +114,7 @@ class THA(TemporalModule):
   precision: Any = None
 
   needs_backbone: ClassVar[bool] = True
+  frame_kinds: ClassVar[tuple[str, str]] = ('key', 'non-key')
 
   def setup(self):
     o = self.options
