@@ -28,7 +28,7 @@ What differs with CamVid here (the authors' CamVid experiments use Dilation8, wh
 """
 from ma_resnet.data.pipeline import IMAGENET_MEAN, IMAGENET_STD
 from ma_resnet.models.build import pspnet_r50_d8, stf_pspnet50
-from ma_resnet.train_config import base_config, mmseg_schedule
+from ma_resnet.train_config import base_config, mmseg_schedule, stf_mar_stage
 
 STAGES = ('pspnet', 'stf', 'mar')
 SIZE = (384, 512)  # a multiple of 128 x 128 near 360 x 480
@@ -63,15 +63,7 @@ def get_config(stage: str = 'stf'):
     return config
 
   stf_pspnet50(config.model, mar=stage == 'mar')
-  model = config.model
-  model.frozen = ('backbone',)
-  if stage == 'mar':
-    model.stf.freeze_stf = True
-    model.stf.memory_init = 'runs/stf_camvid_memory'
-    config.optimizer.frozen = ('temporal/stf',)
-  config.init_from_exclude = ('head',)
-  config.optimizer.update(name='adamw', lr=1e-5, end_lr=1e-5, weight_decay=1e-4, weight_decay_on='all', warmup=0,
-                          grad_clip_norm=0.1, b1=0.9, b2=0.999, eps=1e-8)
+  stf_mar_stage(config, stage, memory_init='runs/stf_camvid_memory')
   config.loss_on_warmup_frames = False
   data.clip_length = 3
   data.clip_start_stride = 1

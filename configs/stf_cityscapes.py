@@ -44,7 +44,7 @@ stage, as theirs (each stage retrains it); batch-norm statistics of the frozen e
 """
 from ma_resnet.data.pipeline import IMAGENET_MEAN, IMAGENET_STD
 from ma_resnet.models.build import pspnet_r50_d8, stf_pspnet50
-from ma_resnet.train_config import base_config, mmseg_schedule
+from ma_resnet.train_config import base_config, mmseg_schedule, stf_mar_stage
 
 STAGES = ('pspnet', 'stf', 'mar')
 TRAIN_SNIPPETS, EPOCHS, BATCH = 2975, 50, 4
@@ -79,15 +79,7 @@ def get_config(stage: str = 'stf'):
     return config
 
   stf_pspnet50(config.model, mar=stage == 'mar')
-  model = config.model
-  model.frozen = ('backbone',)
-  if stage == 'mar':
-    model.stf.freeze_stf = True
-    model.stf.memory_init = 'runs/stf_cityscapes_memory'
-    config.optimizer.frozen = ('temporal/stf',)
-  config.init_from_exclude = ('head',)
-  config.optimizer.update(name='adamw', lr=1e-5, end_lr=1e-5, weight_decay=1e-4, weight_decay_on='all', warmup=0,
-                          grad_clip_norm=0.1, b1=0.9, b2=0.999, eps=1e-8)
+  stf_mar_stage(config, stage, memory_init='runs/stf_cityscapes_memory')
   data.cityscapes.frames_before = 1
   data.cityscapes.frames_after = 1
   data.clip_length = 3

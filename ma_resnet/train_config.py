@@ -158,6 +158,23 @@ def mmseg_schedule(config: ml_collections.ConfigDict, num_steps: int = 80_000) -
   config.num_steps = num_steps
 
 
+def stf_mar_stage(config: ml_collections.ConfigDict, stage: str, memory_init: str) -> None:
+  """Stage 2 ('stf') or 4 ('mar') of the authors' STF + MAR recipe (jfzhuang/ST_Memory) on a config whose model
+  is `models.build.stf_pspnet50`: the extractor frozen (`model.frozen`: eval mode, no gradient), a new classifier
+  (`init_from_exclude`: the authors drop conv_seg), AdamW lr 1e-5 (constant), weight decay 1e-4 on every
+  parameter, gradient clipping to norm 0.1. 'mar': STF fixed as well (`model.stf.freeze_stf`,
+  `optimizer.frozen`), MAR's memory starting from `memory_init` (`python -m ma_resnet.mar_memory --out`)."""
+  model = config.model
+  model.frozen = ('backbone',)
+  if stage == 'mar':
+    model.stf.freeze_stf = True
+    model.stf.memory_init = memory_init
+    config.optimizer.frozen = ('temporal/stf',)
+  config.init_from_exclude = ('head',)
+  config.optimizer.update(name='adamw', lr=1e-5, end_lr=1e-5, weight_decay=1e-4, weight_decay_on='all', warmup=0,
+                          grad_clip_norm=0.1, b1=0.9, b2=0.999, eps=1e-8)
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the field when a value is out of range (before anything is written)."""
   def need(condition, message):
