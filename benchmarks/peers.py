@@ -27,6 +27,7 @@ import jax
 import numpy as np
 
 from pcma import reference_config, streaming_step  # benchmarks/pcma.py (this folder is on sys.path)
+from timing import streaming_runner
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'tests'))
 
@@ -37,22 +38,10 @@ def ours(temporal: str, size):
   """A `run(frames) -> seconds per frame` for our model streamed with `step` (compiled and memory filled)."""
   from ma_resnet.models import build
   model = build(reference_config(temporal), num_classes=NUM_CLASSES)
-  variables, step = streaming_step(model, size)
+  variables, _ = streaming_step(model, size)
   frame = jax.random.normal(jax.random.key(1), (1,) + size + (3,))
-  state = {'memory': model.init_memory(1, size)}
-  for _ in range(3):  # compile, fill the memory
-    out = step(variables, frame, state['memory'])
-    state['memory'] = out.memory
-  jax.block_until_ready(out.logits)
+  _, run = streaming_runner(model, variables, frame, model.init_memory(1, size))  # compiled, memory filled
   params = sum(x.size for x in jax.tree.leaves(variables['params']))
-
-  def run(frames: int) -> float:
-    start = time.perf_counter()
-    for _ in range(frames):
-      out = step(variables, frame, state['memory'])
-      state['memory'] = out.memory
-    jax.block_until_ready(out.logits)
-    return (time.perf_counter() - start) / frames
   return run, params
 
 

@@ -24,7 +24,6 @@ so GMAC = GFLOPs / 2. This prints figures; it is not a test.
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import time
 
@@ -34,6 +33,7 @@ import numpy as np
 
 from ma_resnet.models import build, default_model_config
 from ma_resnet.models.build import stf_pspnet50
+from timing import streaming_runner  # benchmarks/timing.py (this folder is on sys.path)
 
 NUM_CLASSES = 19
 PAPER_GMAC = {'pspnet x3': 4285.9, 'stf': 563.5, 'mar': 31.5, 'head': 0.5}  # Table 6, 1024x2048 frames
@@ -76,20 +76,7 @@ def fits(model, size) -> bool:
 def streamed_step(model, variables, size):
   """run(frames) -> seconds per frame of the jitted `step` (memory carried; 2 frames fed first)."""
   frame = jax.random.normal(jax.random.key(1), (1,) + tuple(size) + (3,))
-  step = jax.jit(functools.partial(model.apply, method=model.step))
-  state = {'memory': model.init_memory(1, size)}
-  for _ in range(2):
-    state['memory'] = step(variables, frame, state['memory']).memory
-  jax.block_until_ready(state['memory'])
-
-  def run(frames):
-    start = time.perf_counter()
-    for _ in range(frames):
-      out = step(variables, frame, state['memory'])
-      state['memory'] = out.memory
-    jax.block_until_ready(out.logits)
-    return (time.perf_counter() - start) / frames
-  return run
+  return streaming_runner(model, variables, frame, model.init_memory(1, size), warmup=2)[1]
 
 
 def timed(fn, variables, x):

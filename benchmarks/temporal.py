@@ -16,16 +16,14 @@ This prints figures; it is not a test.
 from __future__ import annotations
 
 import argparse
-import functools
 import os
-import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ma_resnet.models import build, default_model_config
 from ma_resnet.models.build import tmanet_r50_d8
+from timing import he_normal_variables, streaming_runner  # benchmarks/timing.py (this folder is on sys.path)
 
 NUM_CLASSES = 19
 
@@ -36,38 +34,12 @@ def model_configs() -> dict:
   return {'plain': plain, 'pcma': pcma, 'tma': tmanet_r50_d8(default_model_config(), memory_length=2)}
 
 
-def _initial_value(path, shape):
-  """He-normal kernels, unit batch-norm scales and variances, zero biases and means (finite, realistic maps)."""
-  name = path[-1].key
-  if name == 'kernel':
-    fan_in = int(np.prod(shape.shape[:-1]))
-    return jnp.asarray(np.random.default_rng(fan_in).normal(0, np.sqrt(2 / fan_in), shape.shape), shape.dtype)
-  return jnp.ones(shape.shape, shape.dtype) if name in ('scale', 'var') else jnp.zeros(shape.shape, shape.dtype)
-
-
 def streamer(config, size):
   """(compile seconds, run(frames) -> seconds per frame) for a model streamed with its jitted `step`."""
   model = build(config, NUM_CLASSES)
-  shapes = jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 1) + size + (3,), jnp.float32))
-  variables = jax.tree_util.tree_map_with_path(_initial_value, shapes)
+  variables = he_normal_variables(model, (1, 1) + size + (3,))
   frame = jax.random.normal(jax.random.key(1), (1,) + size + (3,))
-  state = {'memory': model.init_memory(1, size)}
-  start = time.perf_counter()
-  step = jax.jit(functools.partial(model.apply, method=model.step)).lower(
-      variables, frame, state['memory']).compile()
-  compile_seconds = time.perf_counter() - start
-  for _ in range(3):  # fill the memory
-    state['memory'] = step(variables, frame, state['memory']).memory
-  jax.block_until_ready(state['memory'])
-
-  def run(frames: int) -> float:
-    start = time.perf_counter()
-    for _ in range(frames):
-      out = step(variables, frame, state['memory'])
-      state['memory'] = out.memory
-    jax.block_until_ready(out.logits)
-    return (time.perf_counter() - start) / frames
-  return compile_seconds, run
+  return streaming_runner(model, variables, frame, model.init_memory(1, size))
 
 
 def main():

@@ -17,26 +17,16 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ma_resnet.models import build, default_model_config
-from ma_resnet.models.backbones.lernet import LERNet
 from ma_resnet.models.build import lernet_tha
+from timing import he_normal_variables, streaming_runner  # benchmarks/timing.py (this folder is on sys.path)
 
 PAPER = {'full': (0.65, 12.7), 'single': (0.37, 5.0)}
-
-
-def _value(path, shape):
-  """He-normal kernels, unit batch-norm scales and variances, zeros elsewhere."""
-  name = path[-1].key
-  if name == 'kernel':
-    fan_in = int(np.prod(shape.shape[:-1]))
-    return jnp.asarray(np.random.default_rng(fan_in).normal(0, np.sqrt(2 / fan_in), shape.shape), shape.dtype)
-  return jnp.ones(shape.shape, shape.dtype) if name in ('scale', 'var') else jnp.zeros(shape.shape, shape.dtype)
 
 
 def flops():
@@ -58,47 +48,23 @@ def flops():
           f'{paper[0]} M, {paper[1]} G')
 
 
-def _runner(model, variables, size, memory):
-  step = jax.jit(functools.partial(model.apply, method=model.step))
-  frame = jax.random.normal(jax.random.key(1), (1,) + size + (3,))
-  state = {'memory': memory}
-  jax.block_until_ready(step(variables, frame, memory).logits)  # compile
-
-  def fixed(frames: int) -> float:  # the same kind of frame every time: the memory is not advanced
-    start = time.perf_counter()
-    for _ in range(frames):
-      out = step(variables, frame, memory)
-    jax.block_until_ready(out.logits)
-    return (time.perf_counter() - start) / frames
-
-  def streaming(frames: int) -> float:
-    start = time.perf_counter()
-    for _ in range(frames):
-      out = step(variables, frame, state['memory'])
-      state['memory'] = out.memory
-    jax.block_until_ready(out.logits)
-    return (time.perf_counter() - start) / frames
-  return fixed, streaming
-
-
 def speed(sizes, frames: int, rounds: int):
   print(f'# per-frame time, batch 1, jitted step; jax {jax.__version__} on {jax.devices()[0].platform}, '
         f'{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}')
   for size in sizes:
     runners = {}
     tha = build(lernet_tha(default_model_config(), tha=True, key_interval=5), 19)
-    shapes = jax.eval_shape(tha.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 1) + size + (3,), jnp.float32))
-    variables = jax.tree_util.tree_map_with_path(_value, shapes)
+    variables = he_normal_variables(tha, (1, 1) + size + (3,))
+    frame = jax.random.normal(jax.random.key(1), (1,) + size + (3,))
     empty = tha.init_memory(1, size)
     key_memory = empty.replace(seen=jnp.zeros((1,), jnp.int32))       # position 0: a key frame
     non_key_memory = empty.replace(seen=jnp.ones((1,), jnp.int32))    # position 1: a non-key frame
-    runners['key frame'] = _runner(tha, variables, size, key_memory)[0]
-    runners['non-key frame'] = _runner(tha, variables, size, non_key_memory)[0]
-    runners['streaming, K = 5'] = _runner(tha, variables, size, empty)[1]
+    runners['key frame'] = streaming_runner(tha, variables, frame, key_memory, advance=False)[1]
+    runners['non-key frame'] = streaming_runner(tha, variables, frame, non_key_memory, advance=False)[1]
+    runners['streaming, K = 5'] = streaming_runner(tha, variables, frame, empty)[1]
     ma = build(default_model_config(), 19)
-    ma_vars = jax.tree_util.tree_map_with_path(_value, jax.eval_shape(
-        ma.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 1) + size + (3,), jnp.float32)))
-    runners['MA-ResNet50 + DeepLabV3+'] = _runner(ma, ma_vars, size, ma.init_memory(1, size))[1]
+    runners['MA-ResNet50 + DeepLabV3+'] = streaming_runner(ma, he_normal_variables(ma, (1, 1) + size + (3,)), frame,
+                                                           ma.init_memory(1, size))[1]
     times = {name: [] for name in runners}
     for _ in range(rounds):
       for name, run in runners.items():
