@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from ma_resnet.convert import torchvision as torchvision_convert
-from ma_resnet.convert.checkpoint_io import ConversionError, Table, apply_table, shaped_table, unwrap_state_dict
+from ma_resnet.convert.checkpoint_io import ConversionError, Table, apply_table, shaped_table
 from ma_resnet.models.build import build, default_model_config, tmanet_r50_d8
 from ma_resnet.models.segmenter import VideoSegmenter
 
@@ -119,12 +119,7 @@ def load_reference(state_dict_or_path: Mapping[str, Any] | str | os.PathLike, *,
   Raises `ConversionError` naming every unknown, missing or mis-shaped name. `precision`: see
   `reference_model_config`.
   """
-  if isinstance(state_dict_or_path, (str, os.PathLike)):
-    state = torchvision_convert.load_state_dict(state_dict_or_path)
-    source = f'{os.fspath(state_dict_or_path)}: '
-  else:
-    state = unwrap_state_dict(state_dict_or_path, 'the state dict')
-    source = ''
+  state, source = torchvision_convert.state_dict_of(state_dict_or_path)
   model = reference_model(num_classes, memory_length, align_corners, key_channels, value_channels, precision)
   what = (f'the reference TMANet R50-D8 ({num_classes} classes, T={memory_length}, key {key_channels}, '
           f'value {value_channels})')

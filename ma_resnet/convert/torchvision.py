@@ -131,6 +131,14 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, Any]:
   return unwrap_state_dict(obj, path)
 
 
+def state_dict_of(state_dict_or_path: Mapping[str, Any] | str | os.PathLike) -> tuple[dict[str, Any], str]:
+  """(the state dict, 'path: ' or '') of a `.pth` path (`load_state_dict`) or of a loaded dict (wrappers and
+  a DataParallel prefix removed): the second item prefixes the loaders' errors."""
+  if isinstance(state_dict_or_path, (str, os.PathLike)):
+    return load_state_dict(state_dict_or_path), f'{os.fspath(state_dict_or_path)}: '
+  return unwrap_state_dict(state_dict_or_path, 'the state dict'), ''
+
+
 def _describe_load_error(e: Exception) -> str:
   """One line saying why torch.load failed (its messages are long, multi-line, and advise weights_only=False)."""
   text = re.sub(r'\x1b\[[0-9;]*m', '', str(e)).strip()
@@ -163,10 +171,7 @@ def convert_state_dict(state_dict_or_path: Mapping[str, Any] | str | os.PathLike
   """
   if depth not in DEPTHS:  # before reading a possibly large file
     raise ConversionError(f'torchvision ResNet depth must be one of {sorted(DEPTHS)}, got {depth!r}')
-  if isinstance(state_dict_or_path, (str, os.PathLike)):
-    state_dict = load_state_dict(state_dict_or_path)
-  else:
-    state_dict = unwrap_state_dict(state_dict_or_path, 'the state dict')
+  state_dict, _ = state_dict_of(state_dict_or_path)
   if include_classifier and num_classes is None:
     num_classes = _infer_num_classes(state_dict)
   table = key_table(depth, num_classes=num_classes, include_classifier=include_classifier)
