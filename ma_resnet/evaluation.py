@@ -123,8 +123,11 @@ class EvalMetrics:
              'miou': mean_iou(self.kind_confusion[i])} for i, name in enumerate(self.frame_kinds)]
 
   def scalars(self) -> dict[str, float]:
+    """mIoU, pixel accuracy, frames/s, and the mIoU of each kind of frame with labels ('miou_key', ...)."""
+    kinds = {'miou_' + k['kind'].replace('-', '_').replace(' ', '_'): k['miou'] for k in self.kinds()
+             if k['labelled_frames']}
     return {'miou': self.miou, 'pixel_accuracy': self.pixel_accuracy,
-            'frames_per_second': self.frames_per_second}
+            'frames_per_second': self.frames_per_second, **kinds}
 
   def to_json(self) -> dict[str, Any]:
     nan_to_none = lambda x: None if x is None or (isinstance(x, float) and math.isnan(x)) else x

@@ -214,3 +214,4 @@ def test_key_frames_are_counted_and_scored_apart():
   kinds = {k['kind']: k for k in metrics.to_json()['frame_kinds']}
   assert kinds['key']['frames'] == key_frames and set(kinds) == {'key', 'non-key'}
   assert f'key frames: {key_frames} (' in metrics.table()
+  assert metrics.scalars()['miou_non_key'] == kinds['non-key']['miou']  # TensorBoard / metrics.jsonl
