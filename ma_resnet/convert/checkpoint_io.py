@@ -121,19 +121,21 @@ def _is_float(a: np.ndarray) -> bool:
   return a.dtype.kind == 'f' or a.dtype.name == 'bfloat16'
 
 
-def apply_table(state_dict: Mapping[str, Any], table: Table, what: str, hint: str | None = None
-                ) -> dict[str, dict]:
-  """Converts `state_dict` with `table`, or raises one ConversionError naming every offending key.
+def checked_arrays(state_dict: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]], ignored: Iterable[str],
+                   what: str, hint: str | None = None) -> dict[str, np.ndarray]:
+  """The arrays of `state_dict` named in `shapes` (source name -> expected shape) as float32 numpy, or one
+  ConversionError naming every missing, unexpected (neither in `shapes` nor `ignored`) and mis-shaped key.
 
   `what` names the expected architecture in the message (e.g. 'torchvision ResNet50'); `hint` is appended to
   the message when the keys do not match (e.g. which depth they do match).
   """
+  ignored = set(ignored)
   keys = set(state_dict)
-  missing = sorted(k for k in table.entries if k not in keys)
-  unexpected = sorted((k for k in keys if k not in table.entries and k not in table.ignored), key=str)
+  missing = sorted(k for k in shapes if k not in keys)
+  unexpected = sorted((k for k in keys if k not in shapes and k not in ignored), key=str)
   mismatched = []
   arrays = {}
-  for key, entry in table.entries.items():
+  for key, shape in shapes.items():
     if key not in keys:
       continue
     a = _as_numpy(state_dict[key])
@@ -141,10 +143,10 @@ def apply_table(state_dict: Mapping[str, Any], table: Table, what: str, hint: st
       mismatched.append((key, f'not an array ({type(state_dict[key]).__name__})'))
     elif not _is_float(a):
       mismatched.append((key, f'dtype {a.dtype} is not floating point'))
-    elif tuple(a.shape) != tuple(entry.shape):
-      mismatched.append((key, f'shape {tuple(a.shape)}, expected {tuple(entry.shape)}'))
+    elif tuple(a.shape) != tuple(shape):
+      mismatched.append((key, f'shape {tuple(a.shape)}, expected {tuple(shape)}'))
     else:
-      arrays[key] = a
+      arrays[key] = np.asarray(a, np.float32)
   if missing or unexpected or mismatched:
     lines = [f'state dict does not match {what}:']
     if missing:
@@ -159,16 +161,27 @@ def apply_table(state_dict: Mapping[str, Any], table: Table, what: str, hint: st
     if hint and (missing or unexpected):
       lines.append(f'  hint: {hint}')
     raise ConversionError('\n'.join(lines), missing=missing, unexpected=unexpected, mismatched=mismatched)
+  return arrays
 
+
+def set_variable(variables: dict[str, dict], collection: str, path: tuple[str, ...], value: np.ndarray) -> None:
+  """variables[collection][path...] = value as contiguous float32; a path set twice is a bug in a table."""
+  node = variables.setdefault(collection, {})
+  for name in path[:-1]:
+    node = node.setdefault(name, {})
+  if path[-1] in node:
+    raise AssertionError(f'two source keys map to {"/".join((collection,) + tuple(path))}')
+  node[path[-1]] = np.ascontiguousarray(value, dtype=np.float32)
+
+
+def apply_table(state_dict: Mapping[str, Any], table: Table, what: str, hint: str | None = None
+                ) -> dict[str, dict]:
+  """Converts `state_dict` with `table`, or raises one ConversionError naming every offending key
+  (`checked_arrays`)."""
+  arrays = checked_arrays(state_dict, {k: e.shape for k, e in table.entries.items()}, table.ignored, what, hint)
   variables: dict[str, dict] = {c: {} for c in sorted({e.collection for e in table.entries.values()})}
   for key, entry in table.entries.items():
-    node = variables[entry.collection]
-    for name in entry.path[:-1]:
-      node = node.setdefault(name, {})
-    if entry.path[-1] in node:
-      raise AssertionError(f'two source keys map to {entry.target}')  # a bug in the table
-    fn = TRANSFORMS[entry.transform][0]
-    node[entry.path[-1]] = np.ascontiguousarray(fn(arrays[key]), dtype=np.float32)
+    set_variable(variables, entry.collection, entry.path, TRANSFORMS[entry.transform][0](arrays[key]))
   return variables
 
 

@@ -49,12 +49,11 @@ import ml_collections
 import numpy as np
 
 from ma_resnet.convert import torchvision as torchvision_convert
-from ma_resnet.convert.checkpoint_io import ConversionError
+from ma_resnet.convert.checkpoint_io import ConversionError, checked_arrays, set_variable
 from ma_resnet.convert.tmanet import reference_name_table as tmanet_name_table
 from ma_resnet.models.build import build, default_model_config, stf_pspnet50
 from ma_resnet.models.segmenter import VideoSegmenter
 
-MAX_LISTED = 12
 _BN = {'weight': ('params', 'scale'), 'bias': ('params', 'bias'), 'running_mean': ('batch_stats', 'mean'),
        'running_var': ('batch_stats', 'var')}
 
@@ -208,48 +207,15 @@ def reference_rules(model: VideoSegmenter, *, with_pspnet: bool) -> tuple[dict[s
   return rules, frozenset(ignored - set(rules))
 
 
-def _listing(keys: list[str]) -> str:
-  shown = ', '.join(keys[:MAX_LISTED])
-  return shown + (f', ... and {len(keys) - MAX_LISTED} more' if len(keys) > MAX_LISTED else '')
-
-
 def apply_rules(state: Mapping[str, Any], rules: Mapping[str, Rule], ignored: frozenset[str], what: str) -> dict:
   """Converts `state` with `rules`, or raises one ConversionError naming every unknown, missing and
-  mis-shaped name. Returns {'params': ..., ('batch_stats': ...)} of float32 numpy arrays."""
-  from ma_resnet.convert.checkpoint_io import _as_numpy  # the one array reader of the converters
-  missing = sorted(k for k in rules if k not in state)
-  unexpected = sorted((str(k) for k in state if k not in rules and k not in ignored))
-  mismatched, arrays = [], {}
-  for name, rule in rules.items():
-    if name not in state:
-      continue
-    a = _as_numpy(state[name])
-    if a is None:
-      mismatched.append((name, f'not an array ({type(state[name]).__name__})'))
-    elif a.dtype.kind != 'f' and a.dtype.name != 'bfloat16':
-      mismatched.append((name, f'dtype {a.dtype} is not floating point'))
-    elif tuple(a.shape) != tuple(rule.shape):
-      mismatched.append((name, f'shape {tuple(a.shape)}, expected {tuple(rule.shape)}'))
-    else:
-      arrays[name] = np.asarray(a, np.float32)
-  if missing or unexpected or mismatched:
-    lines = [f'state dict does not match {what}:']
-    if missing:
-      lines.append(f'  missing keys ({len(missing)}): {_listing(missing)}')
-    if unexpected:
-      lines.append(f'  unexpected keys ({len(unexpected)}): {_listing(unexpected)}')
-    if mismatched:
-      lines.append(f'  mis-shaped keys ({len(mismatched)}): ' + '; '.join(f'{k}: {d}' for k, d in mismatched))
-    raise ConversionError('\n'.join(lines), missing=missing, unexpected=unexpected, mismatched=mismatched)
+  mis-shaped name (`checkpoint_io.checked_arrays`). Returns {'params': ..., ('batch_stats': ...)} of float32
+  numpy arrays."""
+  arrays = checked_arrays(state, {name: rule.shape for name, rule in rules.items()}, ignored, what)
   variables: dict[str, dict] = {}
   for name, rule in rules.items():
     for target in rule.targets:
-      node = variables.setdefault(target.collection, {})
-      for key in target.path[:-1]:
-        node = node.setdefault(key, {})
-      if target.path[-1] in node:
-        raise AssertionError(f'two source names map to {target.collection}/{"/".join(target.path)}')  # a table bug
-      node[target.path[-1]] = np.ascontiguousarray(target.fn(arrays[name]), dtype=np.float32)
+      set_variable(variables, target.collection, target.path, target.fn(arrays[name]))
   return variables
 
 
