@@ -81,6 +81,13 @@ Data config fields (defaults of default_data_config('camvid'); other datasets di
                                        frames on disk (19 before, 10 after). Training as TMANet: frames_before =
                                        clip_length - 1, frames_after = 0 (one clip per sequence, labelled frame
                                        last); with None most clips hold no labelled frame.
+  camvid               ConfigDict      video_frames '' : the frames before each labelled frame: '' = the earlier
+                                       labelled frames (1 fps; val 15 fps); 'auto' = <root>/video_frames when
+                                       `python -m ma_resnet.data.prepare camvid` has written it (else ''); a folder
+                                       = that prepared folder. With video frames a sequence is a run of consecutive
+                                       30 fps frames (labelled and not): clip_length T+1 with labelled_last = TMANet's
+                                       sample, pair_gaps count video frames (THA). Which one is used is said once
+                                       on the console.
   synthetic            ConfigDict      height 64, width 64, frames_per_sequence 8, num_object_classes 3,
                                        num_objects 3, reveal_period 4, num_train_sequences 512,
                                        num_val_sequences 32, num_test_sequences 32, min_size 0.2, max_size 0.4,
@@ -98,6 +105,7 @@ from typing import Any, Iterator
 import grain
 import ml_collections
 import numpy as np
+from absl import logging
 from ml_collections.config_dict import placeholder
 
 from ma_resnet.data.augment import (augment_clip, normalize_images, pad_color_for, resize_clip,
@@ -160,6 +168,7 @@ def default_data_config(name: str = "synthetic") -> ml_collections.ConfigDict:
           "min_size": 0.2, "max_size": 0.4, "max_speed": 3.0, "noise": 8, "seed": 0,
       },
       "cityscapes": {"frames_before": placeholder(int), "frames_after": placeholder(int)},
+      "camvid": {"video_frames": ""},
   })
   if name == "vspw":
     config.crop_size = (480, 480)
@@ -251,13 +260,29 @@ def make_sequences(data_config: Any, split: str | None = None) -> SequenceDatase
     raise ValueError(f"data_config.source must be 'folder' or 'tfds', got {source!r}")
   root = resolve_root(data_config)
   if name == "camvid":
-    return CamVidSequences(root, split)
+    sequences = CamVidSequences(root, split, video_frames=_get(_field(data_config, "camvid"), "video_frames", ""))
+    _say_once(sequences.memory_frames)
+    return sequences
   if name == "cityscapes":
     cityscapes = _field(data_config, "cityscapes")
     return CityscapesSequences(root, split, frames_before=_get(cityscapes, "frames_before"),
                                frames_after=_get(cityscapes, "frames_after"))
   return VspwSequences(root, split, mode=_field(data_config, "vspw_mode"),
                        person_class=_field(data_config, "person_class"))
+
+
+_said: set[str] = set()
+
+
+def _say_once(message: str) -> None:
+  """A line for the person running the program (stderr, process 0, once per process), also in the log."""
+  if message in _said:
+    return
+  _said.add(message)
+  logging.info("%s", message)
+  import jax  # only to ask for the process layout
+  if jax.process_index() == 0:
+    print(message, file=sys.stderr, flush=True)
 
 
 def class_pixel_counts(data_config: Any, split: str | None = None) -> np.ndarray:
