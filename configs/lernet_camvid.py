@@ -11,11 +11,15 @@ sequences are not continuous across splits); SGD momentum 0.9, weight decay 1e-4
 backbone 2e-6), poly 0.9, batch 12, flips, colour jitter (its random translation by 0-2 pixels is not
 implemented here).
 
-Differences with the data here (the SegNet release): only the labelled frames exist (train: 1 per second,
-val: 15 per second), so a THA pair (key frame, frame g later) spans g labelled frames (g seconds in train), not
-g video frames at 30 Hz as in the paper's 688 frames "labelled at 30Hz"; training uses train only (val is
-kept for evaluation; add it with --config.data.split=... after merging the folders). Epochs are not given:
-20 000 iterations per stage here.
+Key frames in video frames. The paper's pairs (key frame, frame g later), g = 1..4, and its K = 5 count frames of
+the 30 fps video. `data.camvid.video_frames='auto'` reads them from `<root>/video_frames`, written once by
+`python -m ma_resnet.data.prepare camvid --videos DIR --camvid-root ROOT` (the 4 video frames before every labelled
+frame; docs/data.md): a pair (labelled frame n - g, n) is then g video frames (g/30 s) long, and evaluation streams
+the val video frames with a key frame every 5 of them (only the labelled frames scored). The console says which
+frames are used. Without the prepared folder only the labelled frames exist (train: 1 per second, val: 15 per
+second), and a pair spans g labelled frames (g seconds in train). `labelled_last` keeps the clips that end on a
+labelled frame (all of them without video frames). Training uses train only (val is kept for evaluation; add it
+with --config.data.split=... after merging the folders). Epochs are not given: 20 000 iterations per stage here.
 """
 from ma_resnet.models.build import lernet_tha
 from ma_resnet.train_config import base_config
@@ -33,6 +37,8 @@ def get_config(stage: str = 'frame'):
   data.scale_range = (1.0, 1.0)
   data.flip, data.jitter = True, 0.1
   data.worker_count = 2
+  data.labelled_last = True
+  data.camvid.video_frames = 'auto'  # the 30 fps frames before each labelled one, when prepared
   opt = config.optimizer
   opt.update(name='sgd', momentum=0.9, weight_decay=1e-4, power=0.9, end_lr=0.0, warmup=0)
   if stage == 'frame':

@@ -11,8 +11,10 @@ this CPU: 120x160 crops of frames scaled 0.3-0.4, evaluation on 120x160 frames w
 360x480 labels), flips, colour jitter, sqrt median-frequency class balancing, SGD momentum 0.9 with warm-up and
 poly decay, weight decay 1e-4 on kernels; from scratch (no Cityscapes pre-training here), so the learning
 rates are the CPU recipe's (0.05), not the paper's 5e-4.
-Stage 2: pairs (key frame, the labelled frame 1-4 labelled frames later: 1-4 s in train), THA at 0.05, LERNet
-at a hundredth of it (the paper's 2e-6 / 3e-3 presumes a converged backbone).
+Stage 2: pairs (key frame, the labelled frame 1-4 frames later), THA at 0.05, LERNet at a hundredth of it (the
+paper's 2e-6 / 3e-3 presumes a converged backbone). The key frame is 1-4 video frames back when
+`python -m ma_resnet.data.prepare camvid` has written `<root>/video_frames` (`data.camvid.video_frames='auto'`, as
+`configs/lernet_camvid.py`), else 1-4 labelled frames back (1-4 s in train); the console says which.
 """
 from ma_resnet.models.build import lernet_tha
 from ma_resnet.train_config import base_config
@@ -32,6 +34,8 @@ def get_config(stage: str = 'frame'):
   data.eval_native_labels = True
   data.flip, data.jitter = True, 0.1
   data.worker_count = 0
+  data.labelled_last = True
+  data.camvid.video_frames = 'auto'
   opt = config.optimizer
   opt.update(lr=0.05, end_lr=0.0, warmup=100, weight_decay=1e-4, weight_decay_on='kernels')
   config.class_balance = 0.5

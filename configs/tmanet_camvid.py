@@ -12,13 +12,17 @@ normalisation.
 
 What differs with the data here (`../shared/data/camvid`, the SegNet release):
 - Memory frames. The authors extract every frame of CamVid's 30 fps videos and give the model frames t-4 ..
-  t-1 (33 ms apart) before each labelled frame t. The SegNet release holds only the labelled frames (train:
-  1 per second; val: 15 per second), so here the memory frames are the 4 previous *labelled* frames (about
-  4 s of video in train, 0.27 s in val): clips of 5 consecutive labelled frames, every frame with a label, so the loss counts every frame
-  whose window holds 4 real earlier frames (`loss_on_warmup_frames=False`: the first 4 frames of a sequence
-  only fill the memory, as in the authors' data where every labelled frame has 4 real predecessors).
-  With the video frames on disk, a reader like the Cityscapes one (unlabelled frames between labelled ones)
-  would reproduce the authors' setting.
+  t-1 (33 ms apart) before each labelled frame t, in training and in testing. `data.camvid.video_frames='auto'`
+  reads them from `<root>/video_frames`, written once by
+      python -m ma_resnet.data.prepare camvid --videos DIR_WITH_THE_MXF_AND_AVI_FILES --camvid-root ROOT
+  (K = 4 frames before each labelled one; docs/data.md): a clip of 5 consecutive video frames with the labelled
+  frame last (`labelled_last`) is then exactly the authors' sample, and evaluation streams the val video frames
+  7955 .. 8159 (memory carried through the unlabelled ones, only the labelled ones scored). The console says
+  which frames are used. Without the prepared folder the SegNet release holds only the labelled frames (train: 1
+  per second; val: 15 per second), and the memory frames are the 4 previous *labelled* frames (about 4 s of
+  video in train, 0.27 s in val): clips of 5 consecutive labelled frames. Either way the loss counts only frames
+  whose window holds 4 real earlier frames (`loss_on_warmup_frames=False`: the first 4 frames of a sequence only
+  fill the memory, as in the authors' data where every labelled frame has 4 real predecessors).
 - Classes: the authors' CamVid has 12 classes (class 0 = void is trained); the release here has 11, void
   ignored (as in the paper).
 - Frames are 480x360 (the authors upsample to 960x720 before scaling); scale 1.0-4.0 of 480x360 is the same
@@ -41,6 +45,8 @@ def get_config():
   mmseg_schedule(config, num_steps=80_000)
   data = config.data
   data.clip_length = MEMORY_LENGTH + 1
+  data.labelled_last = True
+  data.camvid.video_frames = 'auto'  # the 30 fps frames before each labelled one, when prepared
   data.crop_size = (640, 640)
   data.scale_range = (1.0, 4.0)
   data.eval_size = (720, 960)

@@ -7,6 +7,7 @@ import pytest
 
 from ma_resnet.data import (CAMVID_CLASS_NAMES, CAMVID_PALETTE, ClipSource, CamVidSequences, default_data_config,
                             make_eval_stream, make_train_iterator, num_classes, parse_frame_name)
+from ma_resnet.data.camvid import name_format
 from ma_resnet.data.image_files import read_label_image
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -36,6 +37,11 @@ def test_frame_name_parsing():
   assert parse_frame_name("0016E5_00390.png") == ("0016E5", 390)
   assert parse_frame_name("0006R0_f00930.png") == ("0006R0", 930)
   assert parse_frame_name("Seq05VD_f00000.png") == ("Seq05VD", 0)
+  # the prepared video frames are named like the release's labelled frames of their sequence
+  assert name_format("0001TP_006690.png").format(6689) == "0001TP_006689"
+  assert name_format("0016E5_07959.png").format(7958) == "0016E5_07958"
+  assert name_format("0006R0_f00930.png").format(926) == "0006R0_f00926"
+  assert name_format("Seq05VD_f00000.png").format(1) == "Seq05VD_f00001"
 
 
 def test_test_split_in_the_same_layout(tmp_path):
@@ -131,3 +137,14 @@ def test_eval_stream_val(camvid_root):
   assert all(item["sequence"] == "0016E5" for item in items)
   assert items[0]["frames"].shape == (1, 1, 360, 480, 3) and items[0]["frames"].dtype == np.uint8
   assert items[0]["labels"].shape == (1, 1, 360, 480) and items[0]["labels"].dtype == np.int32
+
+
+def test_video_frames_auto_without_a_prepared_folder_reads_the_labelled_frames(camvid_root):
+  assert default_data_config("camvid").camvid.video_frames == ""
+  if (camvid_root / "video_frames").is_dir():
+    pytest.skip(f"{camvid_root / 'video_frames'} exists: the fallback needs a root without prepared frames")
+  train = CamVidSequences(camvid_root, "train", video_frames="auto")
+  assert train.video_frames is None and train.frames_before is None
+  assert dict(zip(train.sequence_names, train.sequence_lengths)) == {"0001TP": 62, "0006R0": 101, "0016E5": 204}
+  assert train.memory_frames.startswith("CamVid: memory frames from the labelled frames (1 fps, val 15 fps; no "
+                                         f"prepared video frames in {camvid_root / 'video_frames'}")

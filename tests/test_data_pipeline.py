@@ -34,7 +34,7 @@ def test_default_configs_have_all_fields():
   fields = {"name", "root", "source", "tfds_data_dir", "split", "eval_split", "clip_length", "clip_start_stride", "pair_gaps", "labelled_last",
             "crop_size", "eval_size", "eval_native_labels", "batch_size", "shuffle", "num_epochs", "scale_range", "flip", "jitter",
             "normalize", "mean", "std", "seed", "worker_count", "worker_buffer_size", "read_threads",
-            "prefetch_buffer_size", "vspw_mode", "person_class", "synthetic", "cityscapes"}
+            "prefetch_buffer_size", "vspw_mode", "person_class", "synthetic", "cityscapes", "camvid"}
   for name in ("synthetic", "camvid", "vspw", "cityscapes"):
     config = default_data_config(name)
     assert set(config.keys()) == fields, name

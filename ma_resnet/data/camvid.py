@@ -100,7 +100,6 @@ CAMVID_VIDEOS = {
     "0016E5": CamVidVideo("0016E5.MXF", -1),
     "Seq05VD": CamVidVideo("0005VD.MXF", -1),
 }
-CAMVID_VIDEO_FPS = 30  # nominal (the MXF files run at 30000/1001)
 DEFAULT_FRAMES_BEFORE = 4  # TMANet's T = 4 memory frames n-4 .. n-1; THA's key frames 1..4 frames back (K = 5)
 VIDEO_FRAMES_FOLDER = "video_frames"  # under the CamVid root: where data.camvid.video_frames='auto' looks
 VIDEO_FRAMES_MANIFEST = "manifest.json"

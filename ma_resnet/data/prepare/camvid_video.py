@@ -29,7 +29,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ma_resnet.data.camvid import (CAMVID_VIDEOS, VIDEO_FRAMES_FORMAT, VIDEO_FRAMES_MANIFEST, labelled_frames,
-                                   name_format, video_frame_path)
+                                   name_format, read_video_frames_manifest, video_frame_path)
 from ma_resnet.data.errors import DataError, DataNotFoundError, require_dir
 from ma_resnet.data.image_files import read_rgb_image, verify_image
 from ma_resnet.files import atomic_path, atomic_write_text
@@ -112,6 +112,9 @@ def plan_sequences(videos_dir: str, camvid_root: str, frames_before: int,
     numbers = labelled[name]
     first_path = numbers[min(numbers)]
     offset = CAMVID_VIDEOS[name].offset
+    if min(numbers) < offset:
+      raise DataError(f"CamVid {first_path}: frame {min(numbers)} precedes the first frame of {video} (number "
+                      f"{offset} by the offset rule): not a frame of this video")
     first = max(offset, 0)
     wanted = sorted({n - k for n in numbers for k in range(1, frames_before + 1) if n - k >= first})
     plans.append(SequencePlan(name, video, offset, name_format(first_path), verify_image(first_path)[0], numbers,
@@ -153,8 +156,7 @@ def prepare_sequence(plan: SequencePlan, out: str, max_difference: float = DEFAU
   _remove_partial_files(folder)
   to_write = {n for n in plan.wanted if not os.path.isfile(video_frame_path(out, plan.name, plan.name_format, n))}
   present = len(plan.wanted) - len(to_write)
-  checked = sorted(n for n in plan.labelled if n >= plan.first_number)
-  last = max(plan.wanted + checked) + 1  # + 1: the frame after the last labelled one takes part in the check
+  last = max(plan.wanted + list(plan.labelled)) + 1  # the frame after the last labelled one is part of the check
   same, before, after = {}, {}, {}  # labelled number -> difference of its image to the frame n, n-1, n+1
   pending: list[tuple[int, np.ndarray]] = []  # decoded frames to write once the next labelled frame matched
   previous, waiting, written = None, None, 0
@@ -170,7 +172,7 @@ def prepare_sequence(plan: SequencePlan, out: str, max_difference: float = DEFAU
         waiting = None
       if number in to_write:
         pending.append((number, frame))
-      if number in plan.labelled and number >= plan.first_number:
+      if number in plan.labelled:
         image = read_rgb_image(plan.labelled[number])
         same[number] = _difference(_resized(frame, image.shape[:2]), image)
         if previous is not None:
@@ -191,7 +193,7 @@ def prepare_sequence(plan: SequencePlan, out: str, max_difference: float = DEFAU
       previous = frame
       if number >= last:
         break
-  missing = [n for n in checked if n not in same]
+  missing = [n for n in sorted(plan.labelled) if n not in same]
   if missing:
     raise DataError(f"CamVid sequence {plan.name}: {plan.video} ends at decoded frame {index} (number "
                     f"{index + plan.offset}) before labelled frame {missing[0]}: not the CamVid video, or cut short")
@@ -207,16 +209,6 @@ def prepare_sequence(plan: SequencePlan, out: str, max_difference: float = DEFAU
         f"{figures['frame_before']}, after {figures['frame_after']}): the video or the rule is off by one. The frames "
         f"in {folder} are not to be used")
   return {**plan.manifest_entry(), "fps": reader.info.fps, "check": figures}, written, present
-
-
-def read_manifest(out: str) -> dict | None:
-  """The manifest of `out`, or None when there is none (or it is not one of ours)."""
-  try:
-    with open(os.path.join(out, VIDEO_FRAMES_MANIFEST)) as f:
-      manifest = json.load(f)
-  except (OSError, ValueError):
-    return None
-  return manifest if isinstance(manifest, dict) and manifest.get("format") == VIDEO_FRAMES_FORMAT else None
 
 
 def _complete(manifest: dict | None, plans: list[SequencePlan], frames_before: int, out: str) -> bool:
@@ -239,7 +231,10 @@ def prepare_video_frames(videos_dir: str, out: str, camvid_root: str, frames_bef
   if frames_before < 1:
     raise ValueError(f"frames_before must be >= 1, got {frames_before}")
   plans = plan_sequences(videos_dir, camvid_root, frames_before, sequences)
-  manifest = read_manifest(out)
+  try:
+    manifest = read_video_frames_manifest(out)
+  except DataError:  # none yet, or not one of ours: it will be replaced
+    manifest = None
   if _complete(manifest, plans, frames_before, out):
     entries = {p.name: manifest["sequences"][p.name] for p in plans}
     return PrepareReport(out, frames_before, 0, sum(len(p.wanted) for p in plans), entries, True)

@@ -65,7 +65,8 @@ def polygon_files(root: str) -> list[tuple[str, str]]:
     for city in sorted(os.listdir(split_dir)):
       city_dir = os.path.join(split_dir, city)
       if os.path.isdir(city_dir):
-        files += [(split, os.path.join(city_dir, n)) for n in sorted(os.listdir(city_dir)) if n.endswith(POLYGONS_SUFFIX)]
+        names = sorted(n for n in os.listdir(city_dir) if n.endswith(POLYGONS_SUFFIX))
+        files += [(split, os.path.join(city_dir, n)) for n in names]
   if not files:
     raise DataNotFoundError(f"Cityscapes: no *{POLYGONS_SUFFIX} in {gt_fine}/<split>/<city>/ (the gtFine_trainvaltest "
                             "package)")
