@@ -6,7 +6,8 @@ non-zero exit code, without a traceback:
   2  bad command line or config (unknown --config key, wrong value type, missing config file, bad value)
   3  data not found / unreadable (missing dataset folder, empty split, corrupt file)
   4  checkpoint problem (a workdir or init_from checkpoint of another architecture, no checkpoint to evaluate,
-     a corrupt checkpoint, a checkpoint or workdir that cannot be written: disk full, permissions)
+     a corrupt checkpoint, a checkpoint or workdir that cannot be written: disk full, permissions, a workdir
+     another training run holds)
   5  training diverged (NaN / inf loss); the last good checkpoint is kept
   6  multi-process run: a peer process stopped (its collective failed; the last checkpoint is kept), or the
      processes cannot start together (coordinator port in use, a process missing after --initialization_timeout,

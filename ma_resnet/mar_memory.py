@@ -261,9 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument('--noprogress', action='store_true', help='no progress lines on stderr')
   args = parser.parse_args(argv)
 
-  from absl import logging
   from ma_resnet import checkpoints
-  logging.set_verbosity(logging.ERROR)  # no library chatter (orbax's read-only notes) among this command's lines
   from ma_resnet.data import DataError
 
   def fail(message: str, code: int) -> int:
@@ -293,4 +291,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == '__main__':
+  from absl import logging
+  logging.set_verbosity(logging.ERROR)  # the console: this command's lines and errors, no library chatter (orbax)
   sys.exit(main())
