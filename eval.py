@@ -40,8 +40,8 @@ def main(argv):
     cli.fail(f"--checkpoint must be 'best', 'latest' or a step number, got {FLAGS.checkpoint!r}", cli.EXIT_USAGE)
   if FLAGS.overlay_stride < 1 or FLAGS.overlays < 0:
     cli.fail('--overlays must be >= 0 and --overlay_stride >= 1', cli.EXIT_USAGE)
-  if files.utf8_problem(FLAGS.workdir):
-    cli.fail(f'--workdir {files.utf8_problem(FLAGS.workdir)}', cli.EXIT_USAGE)
+  if problem := files.utf8_problem(FLAGS.workdir):
+    cli.fail(f'--workdir {problem}', cli.EXIT_USAGE)
 
   def run():
     import os

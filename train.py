@@ -32,8 +32,8 @@ def main(argv):
     cli.fail(f'unexpected arguments: {" ".join(argv[1:])}', cli.EXIT_USAGE)
   from ma_resnet import logging_utils
   logging_utils.quiet_console(verbose=FLAGS['verbosity'].present)
-  if files.utf8_problem(FLAGS.workdir):
-    cli.fail(f'--workdir {files.utf8_problem(FLAGS.workdir)}', cli.EXIT_USAGE)
+  if problem := files.utf8_problem(FLAGS.workdir):
+    cli.fail(f'--workdir {problem}', cli.EXIT_USAGE)
   config = cli.loaded_config(FLAGS)
 
   def run():

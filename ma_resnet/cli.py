@@ -48,8 +48,6 @@ def start_distributed(flag_values, mode: str) -> None:
         mode, coordinator_address=flag_values.coordinator_address, num_processes=flag_values.num_processes,
         process_id=flag_values.process_id, heartbeat_timeout=flag_values.heartbeat_timeout,
         initialization_timeout=flag_values.initialization_timeout)
-  except parallel.StartupError as e:
-    fail(str(e), EXIT_PEER)
   except ValueError as e:
     fail(f'distributed launch: {e}', EXIT_USAGE)
   if started:

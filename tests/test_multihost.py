@@ -201,6 +201,7 @@ def test_processes_started_differently_or_on_a_workdir_in_use_all_stop(tmp_path)
   assert f'is in use by another training run (pid {os.getpid()}' in err0
   _one_line(code1, err1, cli.EXIT_PEER)
   assert 'process 1 of 2: process 0 stopped at start-up: workdir' in err1
-  assert sorted(os.listdir(tmp_path)) == []  # nothing written, the locked workdir released by its holder
-  print(f'wall time to the line: different configs {max(r[3] for r in results[:2]):.1f} s, different '
-        f'process counts {max(r[3] for r in results[2:4]):.1f} s, workdir in use {max(r[3] for r in results[4:]):.1f} s')
+  assert not os.listdir(tmp_path)  # nothing written, the locked workdir released by its holder
+  seconds = [max(r[3] for r in results[i:i + 2]) for i in (0, 2, 4)]
+  print('wall time to the line: different configs {:.1f} s, different process counts {:.1f} s, workdir in use '
+        '{:.1f} s'.format(*seconds))

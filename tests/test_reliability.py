@@ -4,8 +4,8 @@ Multi-process start-up failures are in tests/test_multihost.py; docs/reliability
 
 | case | before | after |
 | --- | --- | --- |
-| a second train.py on a workdir in use | both ran, interleaving checkpoints | stops at once naming the holder (exit 4) |
-| MAR memory file empty / NaN / .npz | traceback / accepted (then exit 5) / traceback | one line naming the file (exit 2) |
+| a second train.py on a workdir in use | both ran, interleaving checkpoints | stops at once naming the holder, exit 4 |
+| MAR memory file empty / NaN / .npz | traceback / accepted (exit 5 later) / traceback | one line naming it, exit 2 |
 | python -m ma_resnet.mar_memory | orbax's WARNING lines on the console | its own lines only |
 | a workdir path that is not UTF-8 | 934 lines of tracebacks, a temporary left | one line (exit 2), nothing created |
 | eval.py while training deletes its checkpoint | "corrupt" | the newest one is read instead, or "removed" |
