@@ -11,7 +11,7 @@ import re
 
 from absl import app, flags
 
-from ma_resnet import cli
+from ma_resnet import cli, files
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Run folder written by train.py.')
@@ -27,6 +27,8 @@ flags.DEFINE_enum('distributed', 'auto', ['auto', 'yes', 'no'], 'Start jax.distr
                   'multi-process launch is given or detected).')
 cli.define_distributed_flags()
 flags.mark_flags_as_required(['workdir'])
+EVAL_FLAGS = ('workdir', 'split', 'checkpoint', 'overlays', 'overlay_stride', 'native_labels', 'eval_batch_size',
+              'data_root')  # every process of a multi-process evaluation must be given the same
 
 
 def main(argv):
@@ -38,25 +40,35 @@ def main(argv):
     cli.fail(f"--checkpoint must be 'best', 'latest' or a step number, got {FLAGS.checkpoint!r}", cli.EXIT_USAGE)
   if FLAGS.overlay_stride < 1 or FLAGS.overlays < 0:
     cli.fail('--overlays must be >= 0 and --overlay_stride >= 1', cli.EXIT_USAGE)
+  if problem := files.utf8_problem(FLAGS.workdir):
+    cli.fail(f'--workdir {problem}', cli.EXIT_USAGE)
 
   def run():
     import os
-    from ma_resnet import evaluation
+    from ma_resnet import evaluation, parallel
     cli.start_distributed(FLAGS, FLAGS.distributed)
     import jax
+    parallel.check_same_launch({'flags': {name: FLAGS[name].value for name in EVAL_FLAGS}})
     metrics, report = evaluation.evaluate_run(
         FLAGS.workdir, split=FLAGS.split, checkpoint=FLAGS.checkpoint, overlays=FLAGS.overlays,
         overlay_stride=FLAGS.overlay_stride, eval_batch_size=FLAGS.eval_batch_size, data_root=FLAGS.data_root,
         native_labels=FLAGS.native_labels)
     if jax.process_index() != 0:
       return
-    logging_utils.log_to_file(os.path.join(FLAGS.workdir, 'eval.log'))  # the library log of a finished run
     print(f'{report["dataset"]} {report["split"]}, checkpoint step {report["checkpoint"]["step"]} '
           f'({report["checkpoint"]["which"]})')
     print(metrics.table())
-    print(f'report: {report.get("report_path")}')
+    if report.get('report_path'):
+      print(f'report: {report["report_path"]}')
     if report['overlays']:
-      print(f'overlays: {len(report["overlays"])} PNGs in {report["overlays"][0].rsplit("/", 1)[0]}')
+      print(f'overlays: {len(report["overlays"])} PNGs in {report["overlays"][0].rsplit("/", 1)[0]}', flush=True)
+    not_written = list(report.get('not_written', ()))
+    try:
+      logging_utils.log_to_file(os.path.join(FLAGS.workdir, 'eval.log'))  # the library log of a finished run
+    except OSError as e:
+      not_written.append(f'{e.filename}: {e.strerror}')
+    if not_written:  # a read-only workdir: the results are above, the files could not be written
+      cli.fail(f'could not write {"; ".join(not_written)} (the results above are complete)', cli.EXIT_CHECKPOINT)
 
   cli.run_guarded(run)
 

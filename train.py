@@ -7,14 +7,15 @@ Any config field can be overridden: --config.optimizer.lr=0.01 --config.model.te
 Running the same command again resumes from the workdir's latest checkpoint (state, data position).
 The workdir receives config.json, metrics.jsonl, TensorBoard events, checkpoints/ and train_result.json.
 Data parallel over all local devices (and all hosts of a multi-process launch; see ma_resnet/parallel.py).
-Exit codes: 0 done, 2 bad flags/config, 3 data missing, 4 checkpoint mismatch, 5 NaN/inf loss.
+Exit codes: 0 done, 2 bad flags/config, 3 data missing, 4 checkpoint mismatch or the workdir in use by another
+run (`<workdir>/train.lock`), 5 NaN/inf loss, 6 multi-process: a peer stopped or the processes cannot start together.
 The console shows the progress bar, each validation, where things were written, warnings and errors; the
 library log goes to <workdir>/train.log (--verbosity=0 shows it on the console too).
 """
 from absl import app, flags
 from ml_collections import config_flags
 
-from ma_resnet import cli
+from ma_resnet import cli, files
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Training config file (e.g. configs/synthetic.py).',
@@ -31,6 +32,8 @@ def main(argv):
     cli.fail(f'unexpected arguments: {" ".join(argv[1:])}', cli.EXIT_USAGE)
   from ma_resnet import logging_utils
   logging_utils.quiet_console(verbose=FLAGS['verbosity'].present)
+  if problem := files.utf8_problem(FLAGS.workdir):
+    cli.fail(f'--workdir {problem}', cli.EXIT_USAGE)
   config = cli.loaded_config(FLAGS)
 
   def run():

@@ -337,11 +337,7 @@ class TrainCheckpoints:
     if self._manager is not None:
       self._manager.close()
       self._manager = None
-    if jax.process_index() == 0 and os.path.isdir(self.directory):
-      for name in os.listdir(self.directory):
-        if _TMP_PATTERN.match(name):
-          logging.warning('Removing unfinished checkpoint %s (a run stopped while writing it)', name)
-          shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+    self._remove_unfinished('a run stopped while writing it')
     try:
       self._manager = ocp.CheckpointManager(self.directory, options=self._options(True),
                                             handler_registry=_handler_registry())
@@ -387,6 +383,14 @@ class TrainCheckpoints:
       with self._writing():
         self._manager.wait_until_finished()
 
+  def _remove_unfinished(self, why: str) -> None:
+    """Removes the temporary folders of unfinished checkpoints (process 0)."""
+    if jax.process_index() == 0 and os.path.isdir(self.directory):
+      for name in os.listdir(self.directory):
+        if _TMP_PATTERN.match(name):
+          logging.warning('Removing unfinished checkpoint %s (%s)', name, why)
+          shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+
   def close(self) -> None:
     if self._manager is not None:
       try:
@@ -396,6 +400,8 @@ class TrainCheckpoints:
         with contextlib.suppress(Exception):
           self._manager.close()
         self._manager = None
+        if getattr(self, '_failed', False):  # a failed write leaves no temporary folder behind
+          self._remove_unfinished('its write failed')
 
 
 def _handler_registry():
@@ -494,11 +500,35 @@ def load_run(path: str, which: str | int = 'best', *, config=None, config_name: 
     CheckpointError: no usable checkpoint or config. CheckpointMismatchError: the checkpoint's tree is not the
     model of the config (the message names the differing parameters and config fields).
   """
+  gone = None
+  while True:
+    store, step, run_dir = _locate(path, str(which))
+    try:
+      return _load_step(store, step, run_dir, config, config_name, mesh, data_iterator)
+    except Exception:  # pylint: disable=broad-except  (re-raised unless the step folder went away meanwhile)
+      if os.path.isdir(store.step_path(step)):
+        raise
+    # Removed while it was read: a training run on this workdir deletes all but its last keep_checkpoints
+    # (and the best). 'best' / 'latest' of a run: once more with the one that is now the best / latest.
+    if gone is not None:
+      raise CheckpointError(f'checkpoints {gone} and then {store.step_path(step)} were removed while they were '
+                            'read (a training run on this workdir deletes old checkpoints): try again, or once '
+                            'training has finished') from None
+    gone = store.step_path(step)
+    if str(which) not in ('best', 'latest') or os.path.abspath(os.fspath(path)) == gone:
+      raise CheckpointError(f'checkpoint {gone} was removed while it was read (a training run on this workdir '
+                            'keeps only its last keep_checkpoints and the best): choose a step that exists') from None
+    logging.warning('Checkpoint %s was removed while it was read (a training run deletes old checkpoints): '
+                    'loading the %s one now', gone, which)
+
+
+def _load_step(store: TrainCheckpoints, step: int, run_dir: str | None, config, config_name: str | None, mesh,
+               data_iterator) -> Run:
+  """`load_run` of one step of `store` (closed at the end)."""
   import ml_collections
   from ma_resnet import data as data_lib
   from ma_resnet import models
 
-  store, step, run_dir = _locate(path, str(which))
   step_path = store.step_path(step)
   try:
     stored = store.stored_config_or_none(step)

@@ -6,9 +6,12 @@ non-zero exit code, without a traceback:
   2  bad command line or config (unknown --config key, wrong value type, missing config file, bad value)
   3  data not found / unreadable (missing dataset folder, empty split, corrupt file)
   4  checkpoint problem (a workdir or init_from checkpoint of another architecture, no checkpoint to evaluate,
-     a corrupt checkpoint, a checkpoint or workdir that cannot be written: disk full, permissions)
+     a corrupt checkpoint, a checkpoint or workdir that cannot be written: disk full, permissions, a workdir
+     another training run holds)
   5  training diverged (NaN / inf loss); the last good checkpoint is kept
-  6  multi-process run: a peer process stopped (its collective failed); the last checkpoint is kept
+  6  multi-process run: a peer process stopped (its collective failed; the last checkpoint is kept), or the
+     processes cannot start together (coordinator port in use, a process missing after --initialization_timeout,
+     processes started with different configs / flags / code)
 """
 from __future__ import annotations
 
@@ -33,17 +36,22 @@ def define_distributed_flags() -> None:
                        '($JAX_PROCESS_ID).')
   flags.DEFINE_integer('heartbeat_timeout', 60, 'Multi-process runs: seconds after which a silent peer counts '
                        'as dead and the run stops.')
+  flags.DEFINE_integer('initialization_timeout', 180, 'Multi-process runs: seconds to wait at start-up for every '
+                       'process to join; then each waiting process stops with one line naming the missing ones.')
 
 
 def start_distributed(flag_values, mode: str) -> None:
   """Starts JAX's distributed runtime from the flags / environment (see `parallel.initialize_distributed`)."""
-  from ma_resnet import parallel
+  from ma_resnet import logging_utils, parallel
   try:
-    parallel.initialize_distributed(mode, coordinator_address=flag_values.coordinator_address,
-                                    num_processes=flag_values.num_processes, process_id=flag_values.process_id,
-                                    heartbeat_timeout=flag_values.heartbeat_timeout)
+    started = parallel.initialize_distributed(
+        mode, coordinator_address=flag_values.coordinator_address, num_processes=flag_values.num_processes,
+        process_id=flag_values.process_id, heartbeat_timeout=flag_values.heartbeat_timeout,
+        initialization_timeout=flag_values.initialization_timeout)
   except ValueError as e:
     fail(f'distributed launch: {e}', EXIT_USAGE)
+  if started:
+    logging_utils.native_stdout_to_stderr()  # gloo's connection lines
 
 
 def loaded_config(flag_values, name: str = 'config'):
@@ -104,7 +112,9 @@ def make_flags_parser(flag_name: str = 'config') -> Callable[[list[str]], list[s
     except (flags.Error, AttributeError, KeyError, ValueError, TypeError, OSError) as e:
       message = _unknown_override(argv, flag_name)
       if message is None:
-        text = str(e).strip().strip('"').strip("'")
+        text = str(e).strip()
+        if len(text) > 1 and text[0] == text[-1] and text[0] in '"\'':  # a KeyError's quotes, not the flag's
+          text = text[1:-1]
         message = text if text else type(e).__name__
       fail(message + f'\n  (run {os.path.basename(argv[0])} --helpfull for the flags)', EXIT_USAGE)
     return []
@@ -126,9 +136,12 @@ def run_guarded(main: Callable[[], None]) -> None:
   """Runs `main()`, mapping the expected failures to one message and an exit code (see the docstring)."""
   from ma_resnet.checkpoints import CheckpointError
   from ma_resnet.data import DataError
+  from ma_resnet.parallel import StartupError
   from ma_resnet.training import NonFiniteLossError
   try:
     main()
+  except StartupError as e:
+    fail(str(e), EXIT_PEER)
   except NonFiniteLossError as e:
     fail(str(e), EXIT_DIVERGED)
   except CheckpointError as e:

@@ -361,7 +361,8 @@ def evaluate_run(workdir: str, *, split: str | None = None, checkpoint: str = 'b
                      overlay_stride: int = 1, eval_batch_size: int | None = None, data_root: str | None = None,
                      native_labels: bool | None = None, report_path: str | None = None
                      ) -> tuple[EvalMetrics, dict]:
-  """Evaluates a training run's checkpoint (see `eval.py`). Returns (metrics, the JSON report written).
+  """Evaluates a training run's checkpoint (see `eval.py`). Returns (metrics, the JSON report written);
+  `report['not_written']` lists the outputs that could not be written (a read-only workdir).
 
   overlays / overlay_stride: save panels of `overlays` frames, every `overlay_stride`-th frame of the split in
   stream order from the first. native_labels: override the run config's `data.eval_native_labels`.
@@ -389,21 +390,26 @@ def evaluate_run(workdir: str, *, split: str | None = None, checkpoint: str = 'b
   palette = data_lib.palette(config.data)
   mean, std = config.data.mean, config.data.std
   overlay_dir = os.path.join(workdir, 'overlays', split)
-  saved = []
+  saved, not_written = [], []
 
   # Every `overlay_stride`-th frame of the split in stream order (sequence 0 from its first frame, then 1, ...),
   # `overlays` of them, whichever lane plays them.
   offsets = np.cumsum([0] + [sequences.sequence_length(i) for i in range(sequences.num_sequences)])
 
   def save_overlay(frame: FramePrediction):
+    nonlocal overlays
     index = offsets[frame.sequence_index] + frame.frame_index
     if jax.process_index() != 0 or index % overlay_stride or index // overlay_stride >= overlays:
       return  # (with several processes: the frames that process 0 plays)
     image = visualize.resize_image(visualize.denormalize(frame.frames, mean, std), frame.prediction.shape)
     label = frame.label if frame.labelled else None
     path = os.path.join(overlay_dir, f'{frame.sequence}_{frame.frame_number:06d}.png')
-    visualize.save_png(path, visualize.panel(image, frame.prediction, label, palette))
-    saved.append(path)
+    try:
+      visualize.save_png(path, visualize.panel(image, frame.prediction, label, palette))
+      saved.append(path)
+    except OSError as e:  # a read-only workdir: the evaluation goes on, the report says what was not written
+      overlays = 0  # no more tries
+      not_written.append(f'{overlay_dir}: {e.strerror or e}')
 
   evaluator = Evaluator(run.model, config.data, split, lanes=lanes, mesh=mesh,
                         class_names=data_lib.class_names(config.data))
@@ -424,6 +430,10 @@ def evaluate_run(workdir: str, *, split: str | None = None, checkpoint: str = 'b
   }
   if jax.process_index() == 0:
     path = report_path or os.path.join(workdir, f'eval_{split}.json')
-    atomic_write_text(path, json.dumps(report, indent=2) + '\n')
-    report['report_path'] = path
+    try:
+      atomic_write_text(path, json.dumps(report, indent=2) + '\n')
+      report['report_path'] = path
+    except OSError as e:
+      not_written.append(f'{path}: {e.strerror or e}')
+  report['not_written'] = not_written  # outputs that could not be written (the metrics are complete)
   return metrics, report

@@ -7,7 +7,8 @@
 `atomic_path(..., folder=True)` gives a temporary folder that replaces a target folder (which must then be
 absent or empty). The rename is atomic on one filesystem, so readers see the old content or the new one,
 never a half-written file. Every writer of the package (reports, config.json, metrics, PNGs, videos, label
-folders, converted checkpoints) goes through here.
+folders, converted checkpoints) goes through here. What it creates gets the permissions the user's umask gives
+(0666 / 0777 masked, as `open` and `mkdir` give), not the 0600 / 0700 of the temporary names.
 """
 from __future__ import annotations
 
@@ -22,6 +23,33 @@ def partial_name(target: str) -> tuple[str, str]:
   """(folder, prefix) of a temporary sibling of `target`: hidden, named after it, same extension."""
   folder, name = os.path.split(os.path.abspath(os.fspath(target)))
   return folder, f'.{name}.partial-'
+
+
+def umask() -> int:
+  """The process's file-creation mask."""
+  try:  # Linux: read it without setting it (os.umask sets it, for every thread, until it is set back)
+    with open('/proc/self/status') as f:
+      for line in f:
+        if line.startswith('Umask:'):
+          return int(line.split()[1], 8)
+  except (OSError, ValueError):
+    pass
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return mask
+
+
+def utf8_problem(path: str | None) -> str | None:
+  """None when `path` is valid UTF-8 (or None); else a message naming it. Checkpoints, TensorBoard files and
+  JSON reports name their files in UTF-8, so a path with other bytes is refused at start-up."""
+  if path is None:
+    return None
+  try:
+    os.fsencode(path).decode('utf-8')
+    return None
+  except UnicodeDecodeError as e:
+    return (f'{path!r} is not valid UTF-8 (byte {os.fsencode(path)[e.start:e.start + 1]!r} at position '
+            f'{e.start}): checkpoints and reports need UTF-8 paths; rename the folder')
 
 
 @contextlib.contextmanager
@@ -41,8 +69,10 @@ def atomic_path(target: str, *, folder: bool = False) -> Iterator[str]:
   os.makedirs(parent, exist_ok=True)
   if folder:
     tmp = tempfile.mkdtemp(prefix=prefix, dir=parent)
+    os.chmod(tmp, 0o777 & ~umask())
   else:
     fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=os.path.splitext(target)[1], dir=parent)
+    os.fchmod(fd, 0o666 & ~umask())
     os.close(fd)
   try:
     yield tmp

@@ -4,6 +4,8 @@ Quiet runs: `quiet_console()` (train.py, eval.py) keeps library INFO (orbax, gra
 warnings off the console, which then shows the progress bar, the validation summaries, where things were
 written, and warnings and errors; `log_to_file(path)` sends the library log, from the start of the process,
 to `<workdir>/train.log` once the run may write its workdir. `--verbosity=0` (absl) brings it all back.
+`native_stdout_to_stderr()` (multi-process runs) sends what native libraries print on stdout (gloo's
+"[Gloo] Rank 0 is connected to 1 peer ranks" lines) to stderr, so stdout keeps only the run's own lines.
 
 Only process 0 writes. `metrics.jsonl` has one JSON object per line: {"step": s, "loss": ..., "lr": ..., ...}
 for every training step, and {"step": s, "eval/miou": ...} after each validation run. When a run resumes
@@ -12,6 +14,7 @@ first, so the file reads as one uninterrupted run.
 """
 from __future__ import annotations
 
+import io
 import json
 import logging as std_logging
 from logging import handlers as log_handlers
@@ -53,6 +56,16 @@ def quiet_console(verbose: bool = False) -> None:
     _pending_log = log_handlers.MemoryHandler(capacity=1 << 20, flushLevel=std_logging.CRITICAL + 1)
     _pending_log.setLevel(std_logging.INFO)
     root.addHandler(_pending_log)
+
+
+def native_stdout_to_stderr() -> None:
+  """From now on what native code writes to the process's stdout (file descriptor 1: gloo, XLA) goes to stderr;
+  Python's `sys.stdout` (print) keeps writing to the real stdout."""
+  sys.stdout.flush()
+  real_stdout = os.dup(1)
+  os.dup2(2, 1)
+  sys.stdout = io.TextIOWrapper(io.FileIO(real_stdout, 'w'), encoding=sys.stdout.encoding,
+                                errors=sys.stdout.errors, line_buffering=True)
 
 
 def log_to_file(path: str) -> str:

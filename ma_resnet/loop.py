@@ -26,6 +26,7 @@ from ma_resnet import evaluation, logging_utils, models, parallel, train_config
 from ma_resnet.files import atomic_write_text
 from ma_resnet.training import (NonFiniteLossError, abstract_train_state, all_finite, class_balance_weights,
                                 create_train_state, learning_rate_schedule, make_optimizer, make_train_step)
+from ma_resnet.workdir_lock import WorkdirLock
 
 RESULT_FILE = 'train_result.json'
 
@@ -101,6 +102,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, progr
                        mesh=None, allow_new_batch_size: bool = False) -> TrainResult:
   """Trains `config` in `workdir`, resuming from its latest checkpoint; see `train.py`.
 
+  One run per workdir: process 0 holds `<workdir>/train.lock` throughout (`workdir_lock`; another run on it:
+  `WorkdirInUseError`, exit 4). A multi-process run first checks that every process was started the same way
+  (config, flags, code; `parallel.check_same_launch`: `StartupError`, exit 6).
   Order of events, so that a bad input never touches the workdir: config check, every data file checked,
   model built, an existing checkpoint checked against the model (mismatch: `checkpoints.CheckpointMismatchError`)
   and against the batch size, `init_from` loaded; only then are logs and checkpoints written. config.json is
@@ -109,6 +113,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, progr
   """
   start_time = time.time()
   workdir = os.path.abspath(workdir)
+  lock, failure = None, None
+  if jax.process_index() == 0:
+    try:
+      lock = WorkdirLock.acquire(workdir)
+    except Exception as e:  # pylint: disable=broad-except  (every process stops with it: check_same_launch)
+      failure = e
+  try:
+    parallel.check_same_launch({'config': json.loads(config.to_json()), 'workdir': workdir,
+                                'allow_new_batch_size': allow_new_batch_size}, failure)
+    return _train_and_evaluate(config, workdir, start_time, progress, mesh, allow_new_batch_size)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _train_and_evaluate(config, workdir: str, start_time: float, progress: bool, mesh,
+                        allow_new_batch_size: bool) -> TrainResult:
   mesh = mesh or parallel.make_mesh()
   try:
     num_classes, train_iter, model, tx, schedule, class_weights = prepare(config, mesh)
@@ -128,11 +149,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, progr
     ckpt.check_compatible(latest, abstract_state, config)  # raises before anything is written
     new_batch_size = _batch_size_changed(ckpt, latest, config, allow_new_batch_size)
     finished = _finished_result(workdir, latest) if latest >= num_steps else None
-    if finished is not None:
+    if finished is not None or latest > num_steps:
       data_lib.close_iterator(train_iter)
-      logging_utils.console(f'The run in {workdir} is finished (step {latest} of {num_steps}): nothing to do, '
-                            f'every file kept. Raise --config.num_steps to train on.')
-      return finished
+      if latest > num_steps:
+        logging_utils.console(f'The run in {workdir} already has {latest} steps, more than num_steps={num_steps}: '
+                              f'nothing to do, every file kept. Give --config.num_steps={latest} or more to '
+                              'train on, or another --workdir for a shorter run.')
+      else:
+        logging_utils.console(f'The run in {workdir} is finished (step {latest} of {num_steps}): nothing to '
+                              'do, every file kept. Raise --config.num_steps to train on.')
+      return finished or TrainResult(step=latest, eval_metrics=None, seconds=0.0)
     state = ckpt.restore(latest, abstract_state, None if new_batch_size else train_iter, mesh)
     logging_utils.console(f'Resumed from {ckpt.step_path(latest)} (step {int(state.step)})')
     resumed_from = int(state.step)

@@ -291,4 +291,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == '__main__':
+  from absl import logging
+  logging.set_verbosity(logging.ERROR)  # the console: this command's lines and errors, no library chatter (orbax)
   sys.exit(main())

@@ -18,12 +18,27 @@ from what JAX detects itself (SLURM, Open MPI, TPU pods, Kubernetes). Each proce
 global batch (`data.pipeline.GlobalBatchSampler`: N processes train on exactly the batches of one process
 with N devices) and `shard_batch` assembles the global array with `jax.make_array_from_process_local_data`.
 A process that stops (killed, crashed) is noticed by the others through JAX's heartbeats within
-`heartbeat_timeout` seconds; `watch_peers` turns a stalled collective into one clear message and exit code.
+`heartbeat_timeout` seconds; `cli.run_guarded` turns the failed collective into one clear message and exit code.
+
+Start-up: every failure to start together is one `StartupError` line (exit 6), never JAX's abort minutes later:
+  - process 0 checks that the coordinator port is free before binding it (in use: at once, naming host:port);
+  - a process that is not joined by all within `initialization_timeout` seconds stops, naming the coordinator,
+    the processes it saw and the missing one(s) (JAX would abort the process after its own timeout: a watchdog
+    thread ends the process first, with `os._exit`, as the main thread is blocked inside JAX);
+  - `check_same_launch` (after the runtime is up) gathers every process's config, flags, code version (package
+    version, a hash of its source files, jax / jaxlib versions) and launch values (JAX_NUM_PROCESSES ...) and
+    stops all of them, naming the first key where a process differs from process 0.
 """
 from __future__ import annotations
 
+import errno
+import hashlib
+import json
 import os
-from typing import Any
+import socket
+import sys
+import threading
+from typing import Any, Mapping
 
 import jax
 import numpy as np
@@ -52,6 +67,12 @@ def multi_process_launch_detected(environ=None) -> bool:
 
 
 _initialized = False
+_launch: dict = {}  # what this process was told (flags / environment), compared by `check_same_launch`
+
+
+class StartupError(RuntimeError):
+  """The processes of a multi-process run cannot start together (coordinator port in use, a process missing,
+  processes started differently): the message names the address / processes / first differing key (exit 6)."""
 
 
 def _env_int(environ, name: str) -> int | None:
@@ -86,14 +107,72 @@ def distributed_arguments(coordinator_address: str | None = None, num_processes:
   return {k: v for k, v in arguments.items() if v is not None}
 
 
+DEFAULT_INITIALIZATION_TIMEOUT = 180
+
+
+def _split_address(address: str) -> tuple[str, int] | None:
+  host, _, port = address.rpartition(':')
+  return (host.strip('[]'), int(port)) if host and port.isdigit() else None
+
+
+def check_coordinator_port(address: str) -> None:
+  """StartupError when the port of `address` (host:port) is in use here, where process 0's coordinator binds it
+  (JAX_COORDINATOR_BIND_ADDRESS, else every interface: [::], or 0.0.0.0 without IPv6)."""
+  bind = os.environ.get('JAX_COORDINATOR_BIND_ADDRESS')
+  split = _split_address(bind or address)
+  if split is None:
+    return
+  host, port = split if bind else ('', split[1])
+  for family, where in ((socket.AF_INET6, host or '::'), (socket.AF_INET, host or '0.0.0.0')):
+    try:
+      with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a port in TIME_WAIT is free to the service
+        s.bind((where, port))
+      return
+    except OSError as e:
+      if e.errno == errno.EADDRINUSE:
+        raise StartupError(f'process 0: the coordinator port {address} is already in use (another run or '
+                           'program holds it): choose another port in --coordinator_address (the same on every '
+                           'process), or stop what holds it') from None
+      # Otherwise (no IPv6 here, an IPv4 bind address, ...) try the other family; then let the coordinator try.
+
+
+def _reachable(address: str) -> bool:
+  split = _split_address(address)
+  if split is None:
+    return False
+  try:
+    with socket.create_connection(split, timeout=2):
+      return True
+  except OSError:
+    return False
+
+
+def _joined_too_late(address: str, n: int, i: int, timeout: float) -> str:
+  """The line of a process that was not joined by every process within `timeout` seconds."""
+  if i == 0:
+    missing = '1' if n == 2 else f'one or more of 1..{n - 1}'
+    return (f'process 0 of {n}: not every process joined the coordinator {address} within {timeout:g} s '
+            f'(seen: process 0, this one; missing: {missing}). Start every process with the same '
+            f'--coordinator_address and --num_processes={n}, or raise --initialization_timeout')
+  others = '0, the coordinator' if n == 2 else f'0 (the coordinator) or another of 0..{n - 1}'
+  answer = ('something listens there but did not answer as the coordinator of this run (another program or '
+            'run on that port?)' if _reachable(address) else 'nothing listens there')
+  return (f'process {i} of {n}: the run did not start within {timeout:g} s at the coordinator {address}: '
+          f'{answer} (seen: process {i}, this one; missing: process {others}). Start process 0 with the same '
+          f'--coordinator_address and --num_processes={n}, or raise --initialization_timeout')
+
+
 def initialize_distributed(mode: str = 'auto', *, coordinator_address: str | None = None,
                            num_processes: int | None = None, process_id: int | None = None,
-                           heartbeat_timeout: int = 60, initialization_timeout: int = 300) -> bool:
+                           heartbeat_timeout: int = 60,
+                           initialization_timeout: int = DEFAULT_INITIALIZATION_TIMEOUT) -> bool:
   """Starts `jax.distributed` for mode 'yes', or for 'auto' when a multi-process launch is given or detected.
 
   Must run before anything touches the devices. Returns whether the distributed runtime was initialised.
   heartbeat_timeout: seconds after which a silent peer counts as dead (the run then stops);
-  initialization_timeout: seconds to wait for every process to join.
+  initialization_timeout: seconds to wait for every process to join; then this process prints one line and
+  ends with exit code 6 (see the module docstring). StartupError when the coordinator port is in use.
   """
   global _initialized
   if mode not in ('auto', 'yes', 'no'):
@@ -105,12 +184,122 @@ def initialize_distributed(mode: str = 'auto', *, coordinator_address: str | Non
     return False
   if arguments.get('num_processes') == 1:
     return False
-  jax.distributed.initialize(**arguments, heartbeat_timeout_seconds=int(heartbeat_timeout),
-                             initialization_timeout=int(initialization_timeout))
+  address, n, i = (arguments.get(k) for k in ('coordinator_address', 'num_processes', 'process_id'))
+  _launch.update(num_processes=n)
+  if address and i == 0:
+    check_coordinator_port(address)
+  watchdog = None
+  if address and n is not None and i is not None:
+    def too_late():
+      print(f'error: {_joined_too_late(address, n, i, initialization_timeout)}', file=sys.stderr, flush=True)
+      os._exit(6)  # the main thread is blocked inside JAX's connect, which would abort the process later
+    watchdog = threading.Timer(initialization_timeout, too_late)
+    watchdog.daemon = True
+    watchdog.start()
+  try:
+    jax.distributed.initialize(**arguments, heartbeat_timeout_seconds=int(heartbeat_timeout),
+                               # JAX aborts the process at its own timeout: the watchdog speaks first
+                               initialization_timeout=int(initialization_timeout) + (30 if watchdog else 0))
+  except Exception as e:  # pylint: disable=broad-except  (jaxlib's runtime error: e.g. the port taken meanwhile)
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    raise StartupError(f'process {i} of {n}: cannot start the distributed runtime at {address}: {first}') from None
+  finally:
+    if watchdog is not None:
+      watchdog.cancel()
   _initialized = True
   logging.info('jax.distributed initialised: process %d of %d, %d local / %d global devices',
                jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count())
   return True
+
+
+def code_version() -> dict:
+  """What every process of a run must share: the package version, a SHA-256 of its source files, jax's."""
+  import jaxlib
+  import ma_resnet
+  root = os.path.dirname(os.path.abspath(ma_resnet.__file__))
+  digest = hashlib.sha256()
+  for folder, dirs, files in sorted(os.walk(root)):
+    dirs.sort()
+    for name in sorted(files):
+      if name.endswith('.py'):
+        path = os.path.join(folder, name)
+        digest.update(os.path.relpath(path, root).encode() + b'\0')
+        with open(path, 'rb') as f:
+          digest.update(f.read() + b'\0')
+  return {'ma_resnet': ma_resnet.__version__, 'sources_sha256': digest.hexdigest()[:16], 'jax': jax.__version__,
+          'jaxlib': jaxlib.__version__}
+
+
+def _flatten(tree: Mapping, prefix: str = '') -> dict:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, Mapping) and value:
+      out.update(_flatten(value, f'{prefix}{key}.'))
+    else:
+      out[f'{prefix}{key}'] = value
+  return out
+
+
+_ABSENT = '<absent>'
+
+
+def first_difference(records: list[Mapping]) -> tuple[int, str, Any, Any, int] | None:
+  """(process, key, process 0's value, that process's value, number of differing keys) for the first process
+  whose (nested) record differs from process 0's, keys in sorted order; None when all agree."""
+  reference = _flatten(records[0])
+  for process, record in enumerate(records[1:], start=1):
+    mine = _flatten(record)
+    differing = [k for k in sorted(set(reference) | set(mine))
+                 if reference.get(k, _ABSENT) != mine.get(k, _ABSENT)]
+    if differing:
+      key = differing[0]
+      return process, key, reference.get(key, _ABSENT), mine.get(key, _ABSENT), len(differing)
+  return None
+
+
+def _allgather_bytes(payload: bytes) -> list[bytes]:
+  """Every process's `payload`, in process order (two small all-gathers: sizes, then padded bytes)."""
+  from jax.experimental import multihost_utils
+  sizes = np.asarray(multihost_utils.process_allgather(np.array([len(payload)], np.int32))).reshape(-1)
+  padded = np.zeros(int(sizes.max()), np.uint8)
+  padded[:len(payload)] = np.frombuffer(payload, np.uint8)
+  gathered = np.asarray(multihost_utils.process_allgather(padded))
+  return [gathered[p, :int(size)].tobytes() for p, size in enumerate(sizes)]
+
+
+def check_same_launch(values: Mapping, failure: BaseException | None = None) -> None:
+  """Stops every process of a multi-process run unless all were started the same way; a no-op with one process.
+
+  values: what must agree (config, flags; JSON-able), compared together with `code_version()` and what each
+  process was told about the launch (JAX_NUM_PROCESSES, --num_processes). failure: an error this process met at
+  start-up (process 0's workdir lock): every process stops, this one with `failure` itself, the others with a
+  StartupError naming it. Raises StartupError naming the first key where a process differs from process 0
+  (process 0's value vs that process's value).
+  """
+  if jax.process_count() == 1:
+    if failure is not None:
+      raise failure
+    return
+  n, me = jax.process_count(), jax.process_index()
+  record = {'failure': str(failure) if failure is not None else None,
+            'values': {'launch': dict(_launch), 'code': code_version(), **values}}
+  payloads = _allgather_bytes(json.dumps(record, sort_keys=True, default=str).encode())
+  records = [json.loads(p) for p in payloads]
+  if failure is not None:
+    raise failure
+  for process, other in enumerate(records):
+    if other['failure']:
+      raise StartupError(f'process {me} of {n}: process {process} stopped at start-up: {other["failure"]}')
+  found = first_difference([r['values'] for r in records])
+  if found is not None:
+    process, key, reference, theirs, count = found
+    short = lambda v: (repr(v) if len(repr(v)) <= 120 else repr(v)[:117] + '...')
+    this = ' (this process)' if process == me else ''
+    raise StartupError(
+        f'process {me} of {n}: the processes were started differently: {key} is {short(reference)} on process 0'
+        f'{" (this process)" if me == 0 else ""}, {short(theirs)} on process {process}{this}'
+        f'{f" ({count} keys differ)" if count > 1 else ""}. Start every process with the same code, config, '
+        'flags and JAX_NUM_PROCESSES; nothing was written')
 
 
 def make_mesh(devices=None) -> Mesh:

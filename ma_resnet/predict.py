@@ -137,6 +137,11 @@ def main(argv) -> None:
       run = load(FLAGS.workdir, FLAGS.checkpoint, config=FLAGS.config, config_name=config_name)
     except CheckpointError as e:
       cli.fail(str(e), EXIT_CHECKPOINT)
+    if size is not None:  # a --size the model cannot take (STF: whole 16x16 blocks) is a usage error
+      try:
+        _check_model_size(run.model, size)
+      except ValueError as e:
+        cli.fail(f'--size {size[0]},{size[1]}: {e}', EXIT_USAGE)
     info = reader.info
     model = run.config.model
     backbone = model.get('backbone', 'resnet')
@@ -161,14 +166,29 @@ def main(argv) -> None:
   if summary.decode_errors and info.num_frames and summary.frames < info.num_frames:
     print(f'warning: {summary.frames} frames decoded, the container announced about {info.num_frames}',
           file=sys.stderr)
-  labels_note = f', labels in {summary.labels_dir}' if summary.labels_dir else ''
-  print(f'wrote {summary.out}: {summary.frames} frames {summary.size[1]}x{summary.size[0]} (WxH) at {summary.fps:g} '
-        f'fps (model input {summary.model_size[1]}x{summary.model_size[0]}){labels_note}; '
-        f'{summary.frames_per_second:.1f} frames/s after the first', flush=True)
+  print(summary_line(summary), flush=True)
   if summary.frame_kinds:  # which frames ran without the memory (THA: the key frames, the full network)
     plain = summary.frames_of_kind(False)
     print(f'{summary.frame_kinds[0]} frames: {len(plain)} of {summary.frames} ({_index_list(plain)}); the other '
           f'{summary.frames - len(plain)}: {summary.frame_kinds[1]}', flush=True)
+
+
+def summary_line(summary) -> str:
+  """The line predict.py ends with: what was written, and the speed after the first frame (compilation)."""
+  labels_note = f', labels in {summary.labels_dir}' if summary.labels_dir else ''
+  speed = (f'{summary.frames_per_second:.1f} frames/s after the first' if summary.frames > 1
+           else f'{summary.seconds:.1f} s for the one frame, compilation included')
+  return (f'wrote {summary.out}: {summary.frames} frame{"s" if summary.frames != 1 else ""} {summary.size[1]}x'
+          f'{summary.size[0]} (WxH) at {summary.fps:g} fps (model input {summary.model_size[1]}x'
+          f'{summary.model_size[0]}){labels_note}; {speed}')
+
+
+def _check_model_size(model, size: tuple[int, int]) -> None:
+  """ValueError (the model's own message) when `model` cannot segment frames of `size` = (H, W); traces the
+  model's shapes only, nothing is computed."""
+  import jax
+  import numpy as np
+  jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 1, *size, 3), np.float32))
 
 
 def _index_list(indices: list[int], shown: int = 8) -> str:

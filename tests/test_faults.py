@@ -8,7 +8,7 @@
 | eval --split=nosuch on synthetic data | a made-up split evaluated | exit 3 naming the splits |
 | a corrupt val frame | found at the first validation, after writing | exit 3 at start-up, nothing written |
 | a failing resume (NaN) | config.json replaced by the failing config | config.json kept |
-| a checkpoint write that fails (disk full) | noticed at the next save, ~300 tracebacks | stops at once, one line naming the path |
+| a checkpoint write that fails (disk full) | noticed at the next save, ~300 tracebacks | stops at once, one line naming the path, no temporary left |
 | a corrupt checkpoint / an unwritable workdir | traceback, exit 1 | one line, exit 4 |
 | resuming with another batch_size | accepted silently | exit 2 unless --allow_new_batch_size |
 """
@@ -142,6 +142,7 @@ def test_a_failed_checkpoint_write_stops_the_run_at_once(tmp_path, monkeypatch, 
     if step == 4:
       if where == 'save':
         self._pending_step = step
+        os.makedirs(os.path.join(self.directory, '4.orbax-checkpoint-tmp-1'))  # what a write stopped midway leaves
         with self._writing():
           raise OSError(errno.ENOSPC, 'No space left on device')
       original(self, step, *args, **kwargs)
@@ -157,6 +158,7 @@ def test_a_failed_checkpoint_write_stops_the_run_at_once(tmp_path, monkeypatch, 
   assert os.path.join(workdir, 'checkpoints', '2') in message  # the previous one is kept
   records = support.read_metrics(workdir)
   assert max(records) <= 5  # stopped at once, not at the next save (step 6)
+  assert not [n for n in os.listdir(os.path.join(workdir, 'checkpoints')) if 'tmp' in n]  # no temporary left
 
 
 def test_a_corrupt_checkpoint_and_an_unwritable_workdir_are_exit_4(tmp_path):

@@ -378,7 +378,7 @@ class STFTransformer(nn.Module):
 def load_memory(folder: str, num_classes: int, memory_per_class: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
   """(keys (K_L x classes, C), values (K_L x classes, C)) from `folder`/key.npy (K_L x classes, C) and value.npy
   (classes, C), each prototype repeated K_L times as the authors load it. ValueError naming the file and the
-  expected shape otherwise."""
+  expected shape, dtype or finiteness otherwise (an empty, truncated, pickled or NaN file included)."""
   rows = num_classes * memory_per_class
   arrays = []
   for name, shape in zip(MEMORY_FILES, ((rows, channels), (num_classes, channels))):
@@ -387,13 +387,21 @@ def load_memory(folder: str, num_classes: int, memory_per_class: int, channels: 
       raise ValueError(f'MAR memory {path} does not exist: generate it with python -m ma_resnet.mar_memory '
                        f'--workdir=<the STF run> --out={folder} (model.stf.memory_init)')
     try:
-      array = np.load(path)
-    except (OSError, ValueError) as e:
-      raise ValueError(f'MAR memory {path} is not a .npy array: {e}') from None
+      array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:  # EOFError: an empty or truncated file
+      detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+      raise ValueError(f'MAR memory {path} is not a readable .npy array ({os.path.getsize(path)} bytes: '
+                       f'{detail}); generate it again with python -m ma_resnet.mar_memory') from None
+    if not isinstance(array, np.ndarray):  # a .npz archive under a .npy name
+      raise ValueError(f'MAR memory {path} is a .npz archive, not a .npy array')
     if array.shape != shape or array.dtype.kind != 'f':
       raise ValueError(f'MAR memory {path} holds a {array.dtype} array of shape {array.shape}; the model needs '
                        f'float {shape} ({memory_per_class} rows per class x {num_classes} classes, {channels} '
                        'channels)')
+    bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+    if bad:
+      raise ValueError(f'MAR memory {path} holds {bad} NaN/inf values of {array.size}; generate it again with '
+                       'python -m ma_resnet.mar_memory')
     arrays.append(array.astype(np.float32))
   keys, prototypes = arrays
   return keys, np.repeat(prototypes, memory_per_class, axis=0)
