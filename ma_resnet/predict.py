@@ -165,6 +165,9 @@ def main(argv) -> None:
   print(f'wrote {summary.out}: {summary.frames} frames {summary.size[1]}x{summary.size[0]} (WxH) at {summary.fps:g} '
         f'fps (model input {summary.model_size[1]}x{summary.model_size[0]}){labels_note}; '
         f'{summary.frames_per_second:.1f} frames/s after the first', flush=True)
+  if summary.consistency.get('consistency') is not None:
+    print(f'temporal consistency: {100 * summary.consistency["consistency"]:.2f}% of pixels keep their class from '
+          'one frame to the next', flush=True)
   if summary.frame_kinds:  # which frames ran without the memory (THA: the key frames, the full network)
     plain = summary.frames_of_kind(False)
     print(f'{summary.frame_kinds[0]} frames: {len(plain)} of {summary.frames} ({_index_list(plain)}); the other '

@@ -228,7 +228,7 @@ class VideoMetrics:
     totals = self.totals
     frames, unlabelled = (int(x) for x in totals['frames'])
     out: dict[str, Any] = {}
-    if unlabelled:
+    if self.keys and unlabelled:
       out['mvc_absent'] = (f'sparse labels: {unlabelled} of {frames} frames have no ground truth (mVC needs '
                            'every frame labelled)')
     elif self.keys:

@@ -241,3 +241,67 @@ def test_one_unlabelled_frame_makes_mvc_absent_never_zero():
   assert not any(k.startswith('mvc') and k != 'mvc_absent' for k in result)
   assert video_metrics.scalars(result) == {'consistency': 1.0}
   assert any('mVC: absent (sparse labels: 1 of 12' in line for line in video_metrics.table_lines(result))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# In the Evaluator's streamed pass and in predict_file.
+
+
+@pytest.fixture(scope='module')
+def tiny_model():
+  import jax
+  import test_training_support as support
+  from ma_resnet import models
+  from ma_resnet import data as data_lib
+  config = support.load_test_config(**{'data.synthetic.frames_per_sequence': 6})
+  model = models.build(config.model, data_lib.num_classes(config.data))
+  variables = jax.jit(model.init)(jax.random.key(0), np.zeros((1, 2, 32, 32, 3), np.float32))
+  return config, model, variables
+
+
+@pytest.mark.parametrize('lanes', [1, 2])
+def test_the_evaluator_reports_what_the_functions_give_on_its_predictions(tiny_model, lanes):
+  config, model, variables = tiny_model
+  seen = []
+  options = VideoMetricOptions(vc_lengths=(2, 3), vc_corrected=True)
+  metrics = evaluation.Evaluator(model, config.data, 'val', lanes=lanes, video_options=options).evaluate(
+      variables, callback=seen.append)
+  videos = {}
+  for frame in sorted(seen, key=lambda f: (f.sequence_index, f.frame_index)):
+    videos.setdefault(frame.sequence_index, []).append(frame)
+  assert len(videos) == 3 and all(len(v) == 6 for v in videos.values())
+  for n in (2, 3):
+    for corrected in (False, True):
+      accs = [a for v in videos.values()
+              for a in video_metrics.video_consistency([f.label for f in v], [f.prediction for f in v], n,
+                                                       corrected=corrected)]
+      assert len(accs) == 3 * (6 - n + corrected)
+      key = f'mvc{n}' + ('_corrected' if corrected else '')
+      np.testing.assert_allclose(metrics.video[key], np.nanmean(accs), rtol=1e-12)
+      assert metrics.scalars()[key] == metrics.video[key]
+  pairs = [(a.prediction, b.prediction) for v in videos.values() for a, b in zip(v, v[1:])]
+  kept = sum(int(np.sum(a == b)) for a, b in pairs)
+  assert metrics.video['consistency'] == kept / sum(a.size for a, _ in pairs)
+  assert metrics.to_json()['video_metrics'] == metrics.video
+  assert 'mVC2: ' in metrics.table() and 'temporal consistency' in metrics.table()
+
+
+def test_predict_file_reports_the_consistency_of_its_labels(tiny_model, tmp_path):
+  pytest.importorskip('imageio_ffmpeg', reason='video inference needs imageio-ffmpeg')
+  from PIL import Image
+  from ma_resnet import checkpoints, inference
+  from ma_resnet.data import SyntheticVideo
+  config, model, variables = tiny_model
+  frames, _ = SyntheticVideo('val', num_sequences=1, frames_per_sequence=5, height=32, width=32).generate_sequence(0)
+  folder = tmp_path / 'frames'
+  folder.mkdir()
+  for t, frame in enumerate(frames):
+    Image.fromarray(frame).save(folder / f'{t:03d}.png')
+  run = checkpoints.Run(config=config, model=model, variables=variables, step=0, checkpoint_path='',
+                        config_source='test', run_dir=None, metrics=None)
+  summary = inference.predict_file(run, str(folder), str(tmp_path / 'out.mp4'), labels_dir=str(tmp_path / 'labels'),
+                                   progress=False)
+  labels = [np.asarray(Image.open(tmp_path / 'labels' / f'{t:03d}.png')) for t in range(5)]
+  kept = sum(int(np.sum(a == b)) for a, b in zip(labels, labels[1:]))
+  assert summary.consistency['consistency'] == kept / (4 * 32 * 32)
+  assert 'mvc_absent' not in summary.consistency
