@@ -34,6 +34,7 @@ import argparse
 import csv
 import dataclasses
 import functools
+import importlib.util
 import io
 import json
 import math
@@ -298,9 +299,9 @@ def markdown(groups: Sequence[Sequence[RunResult]], *, speed_note: str) -> str:
     per_class = [[name] + [_percent(r.results.get('per_class_iou', {}).get(name)) for r in group]
                  for name in classes]
     parts += ['', 'Per-class IoU (%):', '', _markdown_table(['class'] + [r.name for r in group], per_class)]
-    missing = [r.name for r in group if 'mvc_absent' in r.video]
-    if missing:
-      parts += ['', f'mVC absent ({group[0].video["mvc_absent"]}): {", ".join(missing)}.']
+    absent = [r for r in group if 'mvc_absent' in r.video]
+    if absent:
+      parts += ['', f'mVC absent ({absent[0].video["mvc_absent"]}): {", ".join(r.name for r in absent)}.']
     older = [r.name for r in group if not r.video]
     if older:
       parts += ['', f'No video metrics in the reports of {", ".join(older)} (evaluated before they existed: '
@@ -427,8 +428,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ma_resnet.files import atomic_write_text
     atomic_write_text(os.path.join(args.out, 'compare.md'), text)
     atomic_write_text(os.path.join(args.out, 'compare.csv'), csv_text(groups))
-    plot(groups, os.path.join(args.out, 'compare.png'))
-    print(f'wrote {os.path.join(args.out, "compare.md")}, compare.csv, compare.png')
+    written = 'compare.csv'
+    if importlib.util.find_spec('matplotlib') is None:
+      print("warning: no compare.png: matplotlib is not installed (pip install 'ma_resnet[plot]')", file=sys.stderr)
+    else:
+      plot(groups, os.path.join(args.out, 'compare.png'))
+      written += ', compare.png'
+    print(f'wrote {os.path.join(args.out, "compare.md")}, {written}')
   return 0
 
 

@@ -269,7 +269,7 @@ class Evaluator:
 
     confusion = np.zeros((2, self.num_classes, self.num_classes), np.int64)  # by kind: enhanced or not
     kind_counts = np.zeros((2, 2), np.int64)  # [enhanced][frames, labelled]
-    video = video_metrics.VideoMetrics(self.num_classes, self.video_options)
+    video = video_metrics.VideoMetrics(self.num_classes, self.video_options, dataset=self.data_config.get('name'))
     memory = None
     image_size = None
     delay = self.model.delay
@@ -371,12 +371,15 @@ class Evaluator:
 
 def evaluate_run(workdir: str, *, split: str | None = None, checkpoint: str = 'best', overlays: int = 0,
                      overlay_stride: int = 1, eval_batch_size: int | None = None, data_root: str | None = None,
-                     native_labels: bool | None = None, report_path: str | None = None
+                     native_labels: bool | None = None, report_path: str | None = None,
+                     vc_lengths: Sequence[int] | None = None, vc_corrected: bool | None = None
                      ) -> tuple[EvalMetrics, dict]:
   """Evaluates a training run's checkpoint (see `eval.py`). Returns (metrics, the JSON report written).
 
   overlays / overlay_stride: save panels of `overlays` frames, every `overlay_stride`-th frame of the split in
   stream order from the first. native_labels: override the run config's `data.eval_native_labels`.
+  vc_lengths / vc_corrected: the mVC lengths and form (default: the run config's `eval_vc_lengths` /
+  `eval_vc_corrected`).
   """
   workdir = os.path.abspath(workdir)
   if overlay_stride < 1:
@@ -419,7 +422,7 @@ def evaluate_run(workdir: str, *, split: str | None = None, checkpoint: str = 'b
 
   evaluator = Evaluator(run.model, config.data, split, lanes=lanes, mesh=mesh,
                         class_names=data_lib.class_names(config.data),
-                        video_options=VideoMetricOptions.from_config(config))
+                        video_options=VideoMetricOptions.from_config(config, vc_lengths, vc_corrected))
   metrics = evaluator.evaluate(run.variables, callback=save_overlay if overlays > 0 else None)
   saved.sort()
   report = {

@@ -36,8 +36,9 @@ class never predicted on a frame with a successor). Unwarped: a moving object or
 perfect model, so it compares models on the same video, not videos. (VSPW's TC instead compares frame t with
 frame t+1 warped back by RAFT optical flow; see docs/compare.md for why no flow is used here.)
 
-With sparse labels (a frame of the split without ground truth: CamVid, Cityscapes) mVC is undefined and absent
-from the results (`mvc_absent` says why), never 0. Pure numpy: no JAX.
+With sparse labels (a dataset outside `DENSELY_LABELLED`, e.g. CamVid, Cityscapes, or any frame of the split
+without ground truth) mVC is undefined and absent from the results (`mvc_absent` says why), never 0. Pure
+numpy: no JAX.
 """
 from __future__ import annotations
 
@@ -49,6 +50,10 @@ import numpy as np
 
 IGNORE_INDEX = 255
 DEFAULT_VC_LENGTHS = (8, 16)
+# Datasets (`data.name`) with ground truth on every frame of their videos: VSPW (annotated at the 15 fps its
+# frames were extracted at) and the synthetic video. CamVid's frames here are its labelled frames, 1 s apart (30
+# video frames), Cityscapes has one labelled frame in 30: mVC_n is undefined on them.
+DENSELY_LABELLED = ('vspw', 'synthetic')
 
 
 def _check_video(labels, predictions) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -146,11 +151,15 @@ class VideoMetricOptions:
     object.__setattr__(self, 'vc_lengths', tuple(_check_length(n) for n in self.vc_lengths))
 
   @classmethod
-  def from_config(cls, config) -> 'VideoMetricOptions':
-    """From a training config's `eval_vc_lengths` / `eval_vc_corrected` (runs made before they existed:
-    the defaults)."""
-    return cls(vc_lengths=tuple(config.get('eval_vc_lengths', DEFAULT_VC_LENGTHS) or ()),
-               vc_corrected=bool(config.get('eval_vc_corrected', False)))
+  def from_config(cls, config, vc_lengths: Sequence[int] | None = None,
+                  vc_corrected: bool | None = None) -> 'VideoMetricOptions':
+    """From a training config's `eval_vc_lengths` / `eval_vc_corrected` (runs made before they existed: the
+    defaults), unless given."""
+    if vc_lengths is None:
+      vc_lengths = config.get('eval_vc_lengths', DEFAULT_VC_LENGTHS) or ()
+    if vc_corrected is None:
+      vc_corrected = config.get('eval_vc_corrected', False)
+    return cls(vc_lengths=tuple(vc_lengths), vc_corrected=bool(vc_corrected))
 
 
 @dataclasses.dataclass
@@ -166,12 +175,15 @@ class VideoMetrics:
 
   Frames come through `update` in time order per `stream` (e.g. an evaluation lane); several streams may
   interleave. A stream's sequence ends when it shows another sequence or a frame that does not follow the last
-  one. Totals are plain arrays: `reduce(fn)` sums them over processes before `results`.
+  one. Totals are plain arrays: `reduce(fn)` sums them over processes before `results`. dataset: the data's
+  `data.name`; one outside `DENSELY_LABELLED` has no mVC (None: judged by the `labelled` flags alone).
   """
 
-  def __init__(self, num_classes: int, options: VideoMetricOptions | None = None):
+  def __init__(self, num_classes: int, options: VideoMetricOptions | None = None, *, dataset: str | None = None):
     self.num_classes = int(num_classes)
     self.options = options or VideoMetricOptions()
+    self.sparse = (None if dataset is None or dataset in DENSELY_LABELLED else
+                   f'sparse labels: {dataset} has ground truth on some frames of its videos only')
     self.keys = tuple(f'mvc{n}' for n in self.options.vc_lengths) + (
         tuple(f'mvc{n}_corrected' for n in self.options.vc_lengths) if self.options.vc_corrected else ())
     self._streams: dict[Any, _Stream] = {}
@@ -203,7 +215,7 @@ class VideoMetrics:
       totals['followed'] += followed
     totals['frames'] += (1, 0 if labelled else 1)
     consistency = previous.consistency if follows else None
-    if not labelled or totals['frames'][1]:  # sparse labels: mVC is undefined for the whole split
+    if self.sparse or not labelled or totals['frames'][1]:  # sparse labels: no mVC for the whole split
       consistency = None
     elif self.keys:
       if consistency is None:
@@ -228,9 +240,9 @@ class VideoMetrics:
     totals = self.totals
     frames, unlabelled = (int(x) for x in totals['frames'])
     out: dict[str, Any] = {}
-    if self.keys and unlabelled:
-      out['mvc_absent'] = (f'sparse labels: {unlabelled} of {frames} frames have no ground truth (mVC needs '
-                           'every frame labelled)')
+    if self.keys and (self.sparse or unlabelled):
+      out['mvc_absent'] = self.sparse or (f'sparse labels: {unlabelled} of {frames} frames have no ground truth '
+                                          '(mVC needs every frame labelled)')
     elif self.keys:
       for i, key in enumerate(self.keys):
         windows = int(totals['windows'][i])

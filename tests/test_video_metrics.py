@@ -243,6 +243,20 @@ def test_one_unlabelled_frame_makes_mvc_absent_never_zero():
   assert any('mVC: absent (sparse labels: 1 of 12' in line for line in video_metrics.table_lines(result))
 
 
+def test_a_dataset_labelled_on_some_video_frames_only_has_no_mvc():
+  # CamVid's streamed frames all have labels, 30 video frames apart: mVC would not be VSPW's measure.
+  static = static_scene(12)
+  for dataset, defined in (('camvid', False), ('cityscapes', False), ('vspw', True), ('synthetic', True)):
+    metrics = VideoMetrics(2, dataset=dataset)
+    for t, g in enumerate(static):
+      metrics.update(0, 0, t, g, True, g)
+    result = metrics.results(['bg', 'object'])
+    assert ('mvc8' in result) == defined and ('mvc_absent' in result) != defined
+    assert result['consistency'] == 1.0
+    if not defined:
+      assert dataset in result['mvc_absent']
+
+
 # ---------------------------------------------------------------------------------------------------------
 # In the Evaluator's streamed pass and in predict_file.
 
