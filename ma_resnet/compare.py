@@ -93,6 +93,14 @@ def _input_size(config) -> list[int] | str:
   return [int(s) for s in size] if size else 'native'
 
 
+def _read_json(path: str) -> dict:
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError) as e:
+    raise CompareError(f'cannot read {path}: {e}', EXIT_DATA) from None
+
+
 def read_run(workdir: str, split: str | None = None) -> RunResult:
   """The evaluation results of the run in `workdir` (see the module docstring); CompareError when missing."""
   import ml_collections
@@ -102,20 +110,17 @@ def read_run(workdir: str, split: str | None = None) -> RunResult:
     raise CompareError(f'{workdir}: no such run folder', EXIT_CHECKPOINT)
   if not os.path.isfile(config_path):
     raise CompareError(f'{workdir} is not a train.py run folder (no config.json)', EXIT_CHECKPOINT)
-  with open(config_path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  config = ml_collections.ConfigDict(_read_json(config_path))
   split = split or config.get('eval_split', 'val')
   report_path = os.path.join(workdir, f'eval_{split}.json')
   result_path = os.path.join(workdir, 'train_result.json')
   results = source = step = None
   if os.path.isfile(report_path):
-    with open(report_path) as f:
-      results = json.load(f)
-    source, step = report_path, results.get('checkpoint', {}).get('step')
-    protocol = {'dataset': results['dataset'], 'input_size': results['input_size'], 'labels': results['labels']}
+    results, source = _read_json(report_path), report_path
+    step = results.get('checkpoint', {}).get('step')
+    protocol = {k: results.get(k) for k in ('dataset', 'input_size', 'labels')}
   elif os.path.isfile(result_path):
-    with open(result_path) as f:
-      stored = json.load(f)
+    stored = _read_json(result_path)
     if (stored.get('eval_metrics') or {}).get('split') == split:
       results, source, step = stored['eval_metrics'], result_path, stored.get('step')
       size = _input_size(config)
@@ -125,6 +130,11 @@ def read_run(workdir: str, split: str | None = None) -> RunResult:
   if results is None:
     raise CompareError(f'{workdir} has no evaluation results for split {split!r} (eval_{split}.json): make them '
                        f'with python eval.py --workdir={workdir} --split={split}', EXIT_DATA)
+  missing = [k for k in ('miou', 'class_names', 'frames', 'labelled_frames') if k not in results]
+  if missing or None in protocol.values():
+    missing += [k for k, v in protocol.items() if v is None]
+    raise CompareError(f'{source} lacks {", ".join(missing)}: make it again with python eval.py '
+                       f'--workdir={workdir} --split={split}', EXIT_DATA)
   protocol.update(split=split, classes=tuple(results['class_names']), frames=results['frames'],
                   labelled_frames=results['labelled_frames'])
   return RunResult(name=os.path.basename(workdir), workdir=workdir, config=config, split=split, source=source,
@@ -391,7 +401,13 @@ def parser() -> argparse.ArgumentParser:
   return p
 
 
+def _error(message: str, code: int) -> int:
+  print(f'error: {message}', file=sys.stderr, flush=True)
+  return code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+  """The command line; returns the exit status (bad flags: argparse's SystemExit 2)."""
   args = parser().parse_args(argv)
   try:
     runs, missing = [], []
@@ -404,17 +420,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         missing.append(str(e))
     if missing:
       for message in missing:
-        print(f'error: {message}', file=sys.stderr)
+        _error(message, EXIT_DATA)
       return EXIT_DATA
     _unique_names(runs)
     groups = group_runs(runs)
     if len(groups) > 1 and not args.group:
       lines = [f'  {describe_protocol(g[0].protocol)}: {", ".join(r.name for r in g)}' for g in groups]
-      cli.fail('the runs were not scored on the same data the same way (dataset, split, input size, labels, '
-               'classes, frames); pass --group for one table per group:\n' + '\n'.join(lines), EXIT_USAGE)
+      return _error('the runs were not scored on the same data the same way (dataset, split, input size, labels, '
+                    'classes, frames); pass --group for one table per group:\n' + '\n'.join(lines), EXIT_USAGE)
     measure(runs, size=args.size, speed=args.speed, rounds=args.rounds, frames=args.frames)
   except CompareError as e:
-    cli.fail(str(e), e.code)
+    return _error(str(e), e.code)
   if args.speed:
     note = (f'Speed: {hardware()}; the jitted one-frame `model.step` (batch 1, memory carried), random frames at '
             f'the evaluation input size, median of {args.rounds} interleaved rounds of {args.frames} frames per '

@@ -40,7 +40,7 @@ from typing import Any, Callable, Iterator, Sequence
 import jax
 import numpy as np
 
-from ma_resnet import checkpoints, inference, parallel, visualize, video_metrics
+from ma_resnet import checkpoints, inference, parallel, video_metrics, visualize
 from ma_resnet import data as data_lib
 from ma_resnet.files import atomic_write_text
 from ma_resnet.video_metrics import VideoMetricOptions, video_consistency  # noqa: F401  (re-exported)

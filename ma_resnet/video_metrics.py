@@ -92,7 +92,7 @@ class _RunLengths:
     return self.runs
 
 
-class _Consistency:
+class _SequenceVC:
   """mVC_n of one sequence: frames pushed in time order; yields (key, numerator, denominator) per scored window."""
 
   def __init__(self, lengths: Sequence[int], corrected: bool, ignore_index: int):
@@ -132,7 +132,7 @@ def video_consistency(labels: Sequence[np.ndarray], predictions: Sequence[np.nda
   """
   n = _check_length(n)
   labels, predictions = _check_video(labels, predictions)
-  track = _Consistency((n,), corrected, ignore_index)
+  track = _SequenceVC((n,), corrected, ignore_index)
   key = f'mvc{n}_corrected' if corrected else f'mvc{n}'
   accs = []
   for g, p in zip(labels, predictions):
@@ -167,7 +167,7 @@ class _Stream:
   sequence: Any
   frame_index: int
   prediction: np.ndarray
-  consistency: _Consistency | None
+  vc: _SequenceVC | None      # mVC of the sequence so far (None: no mVC)
 
 
 class VideoMetrics:
@@ -214,29 +214,29 @@ class VideoMetrics:
       totals['kept'] += kept
       totals['followed'] += followed
     totals['frames'] += (1, 0 if labelled else 1)
-    consistency = previous.consistency if follows else None
+    vc = previous.vc if follows else None
     if self.sparse or not labelled or totals['frames'][1]:  # sparse labels: no mVC for the whole split
-      consistency = None
+      vc = None
     elif self.keys:
-      if consistency is None:
-        consistency = _Consistency(self.options.vc_lengths, self.options.vc_corrected, self.options.ignore_index)
-      for key, num, den in consistency.push(np.asarray(label), prediction):
+      if vc is None:
+        vc = _SequenceVC(self.options.vc_lengths, self.options.vc_corrected, self.options.ignore_index)
+      for key, num, den in vc.push(np.asarray(label), prediction):
         i = self.keys.index(key)
         if den:
           totals['acc_sum'][i] += num / den
           totals['windows'][i] += 1
         else:
           totals['nan_windows'][i] += 1
-    self._streams[stream] = _Stream(sequence, int(frame_index), prediction, consistency)
+    self._streams[stream] = _Stream(sequence, int(frame_index), prediction, vc)
 
   def reduce(self, sum_arrays: Callable[[np.ndarray], np.ndarray]) -> None:
     """Replaces every total by `sum_arrays(total)` (e.g. `parallel.sum_over_processes`)."""
     self.totals = {k: np.asarray(sum_arrays(v)) for k, v in self.totals.items()}
 
   def results(self, class_names: Sequence[str]) -> dict[str, Any]:
-    """{'mvc8': ..., 'mvc16': ..., ['mvc8_corrected', ...], 'mvc_windows': {key: [scored, without constant
-    ground truth]}, 'consistency': ..., 'consistency_per_class': {name: share or None}, 'consistency_pairs'},
-    or 'mvc_absent': why, in place of the mVC keys. Shares in 0..1; None where undefined."""
+    """{'mvc8': ..., 'mvc16': ..., ['mvc8_corrected', ...], 'mvc_windows': {key: [windows scored, windows
+    without constant ground truth]}, 'consistency': ..., 'consistency_per_class': {name: share}}; with sparse
+    labels 'mvc_absent': why, in place of the mVC keys. Shares in 0..1; None where undefined."""
     totals = self.totals
     frames, unlabelled = (int(x) for x in totals['frames'])
     out: dict[str, Any] = {}

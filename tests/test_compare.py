@@ -86,9 +86,7 @@ def test_runs_scored_differently_are_refused_or_grouped(runs, tmp_path, capsys):
   with open(path, 'w') as f:
     json.dump(report, f)
 
-  with pytest.raises(SystemExit) as exit_info:
-    compare.main([runs['ma'], other, '--no-speed'])
-  assert exit_info.value.code == compare.EXIT_USAGE
+  assert compare.main([runs['ma'], other, '--no-speed']) == compare.EXIT_USAGE
   err = capsys.readouterr().err
   assert 'not scored on the same data' in err and '--group' in err
   assert 'synthetic val, input native size' in err and ': ma' in err and 'camvid val, input 16x16' in err
@@ -120,3 +118,25 @@ def test_a_run_without_evaluation_results_is_one_clear_line(runs, tmp_path):
   result = subprocess.run([sys.executable, '-m', 'ma_resnet.compare', str(tmp_path / 'nothing_here')],
                           cwd=support.REPO, env=env, capture_output=True, text=True, timeout=120)
   assert result.returncode == compare.EXIT_CHECKPOINT and 'no such run folder' in result.stderr
+
+
+def test_the_final_validation_of_train_result_json_stands_in_for_eval_json(runs, capsys):
+  trained = _copy(runs, 'ma', 'validated_while_training')
+  report_path = os.path.join(trained, 'eval_val.json')
+  if os.path.exists(report_path):
+    with open(report_path) as f:
+      report = json.load(f)
+    os.remove(report_path)
+    fields = ('split', 'miou', 'pixel_accuracy', 'per_class_iou', 'frames', 'labelled_frames', 'class_names',
+              'video_metrics')
+    with open(os.path.join(trained, 'train_result.json'), 'w') as f:  # what loop.py writes: EvalMetrics.to_json()
+      json.dump({'step': 0, 'eval_metrics': {k: report[k] for k in fields}, 'seconds': 1.0}, f)
+  assert compare.main([runs['ma'], trained, '--no-speed']) == 0
+  text = capsys.readouterr().out
+  rows = [line for line in text.splitlines() if line.startswith('| ma |') or line.startswith('| validated')]
+  assert len(rows) == 2 and rows[0].split('|')[2:] == rows[1].split('|')[2:]  # the same figures, one table
+
+  with open(os.path.join(trained, 'train_result.json'), 'w') as f:
+    f.write('{"step": 0, "eval_metrics": {')  # cut off
+  assert compare.main([trained, '--no-speed']) == compare.EXIT_DATA
+  assert 'cannot read' in capsys.readouterr().err
