@@ -265,16 +265,17 @@ def scalars(results: Mapping[str, Any]) -> dict[str, float]:
 def table_lines(results: Mapping[str, Any]) -> list[str]:
   """Lines for the evaluation table."""
   lines = []
-  for key, value in scalars(results).items():
-    if key.startswith('mvc'):
-      n, corrected = key[3:].partition('_')[::2]
-      windows = results.get('mvc_windows', {}).get(key, [0, 0])
-      lines.append(f'mVC{n}{" (corrected)" if corrected else ""}: {100 * value:.2f}% over {windows[0]} windows'
-                   + (f' ({windows[1]} without constant ground truth left out)' if windows[1] else ''))
+  for key, windows in results.get('mvc_windows', {}).items():
+    n, corrected = key[3:].partition('_')[::2]
+    name = f'mVC{n}{" (corrected)" if corrected else ""}'
+    if results.get(key) is None:
+      lines.append(f'{name}: no window (every sequence has too few frames)' if not windows[1] else
+                   f'{name}: none of {windows[1]} windows has a pixel of constant ground truth')
+      continue
+    lines.append(f'{name}: {100 * results[key]:.2f}% over {windows[0]} windows'
+                 + (f' ({windows[1]} without constant ground truth left out)' if windows[1] else ''))
   if 'mvc_absent' in results:
     lines.append(f'mVC: absent ({results["mvc_absent"]})')
-  elif not any(k.startswith('mvc') for k in scalars(results)) and results.get('mvc_windows'):
-    lines.append('mVC: no window (every sequence is too short)')
   if results.get('consistency') is not None:
     lines.append(f'temporal consistency: {100 * results["consistency"]:.2f}% of pixels keep their class from one '
                  'frame to the next')

@@ -227,6 +227,7 @@ def test_consistency_without_labels():
   assert result['consistency_per_class'] == {'bg': 35 / 36, 'object': 3 / 4}
   assert result['consistency'] == 38 / 40
   assert result['mvc8'] is None and result['mvc_windows']['mvc8'] == [0, 0]  # 4 frames: no window
+  assert video_metrics.table_lines(result)[0] == 'mVC8: no window (every sequence has too few frames)'
   # A new sequence on the same stream does not pair its first frame with the last one of the previous.
   metrics.update(0, 8, 0, 1 - frames[-1], True, 1 - frames[-1])
   assert metrics.results(['bg', 'object'])['consistency'] == 38 / 40
