@@ -1,10 +1,11 @@
 r"""Evaluates a training run: streams every sequence of a split with memory, reports mIoU and per-class IoU.
 
     python eval.py --workdir=/tmp/syn_ma [--split=val] [--checkpoint=best|latest|STEP] [--overlays=8]
-        [--overlay_stride=1] [--native_labels]
+        [--overlay_stride=1] [--native_labels] [--vc_lengths=8,16] [--vc_corrected]
 
 Restores the best checkpoint by validation mIoU (or the latest), with the config it was trained with, and
-writes <workdir>/eval_<split>.json (mIoU, per-class IoU, pixel accuracy, frames/s, confusion matrix) and, with
+writes <workdir>/eval_<split>.json (mIoU, per-class IoU, pixel accuracy, frames/s, confusion matrix, the video
+metrics mVC_n and temporal consistency: docs/compare.md) and, with
 --overlays=N, N PNG panels (frame | prediction overlay | ground truth) under <workdir>/overlays/<split>/.
 """
 import re
@@ -23,12 +24,16 @@ flags.DEFINE_bool('native_labels', None, "Score at the labels' native size when 
                   "frames (logits resized to the labels); default: the run config's data.eval_native_labels.")
 flags.DEFINE_integer('eval_batch_size', None, 'Sequences streamed side by side (default: the run config\'s).')
 flags.DEFINE_string('data_root', None, 'Override data.root of the run config.')
+flags.DEFINE_list('vc_lengths', None, 'n of the video consistency mVC_n, e.g. 8,16 (default: the run config\'s '
+                  'eval_vc_lengths; a sequence of n frames or fewer has no window). See docs/compare.md.')
+flags.DEFINE_bool('vc_corrected', None, 'Also report mVC_n in its corrected form (default: the run config\'s '
+                  'eval_vc_corrected).')
 flags.DEFINE_enum('distributed', 'auto', ['auto', 'yes', 'no'], 'Start jax.distributed (auto: when a '
                   'multi-process launch is given or detected).')
 cli.define_distributed_flags()
 flags.mark_flags_as_required(['workdir'])
 EVAL_FLAGS = ('workdir', 'split', 'checkpoint', 'overlays', 'overlay_stride', 'native_labels', 'eval_batch_size',
-              'data_root')  # every process of a multi-process evaluation must be given the same
+              'data_root', 'vc_lengths', 'vc_corrected')  # every process of a multi-process evaluation must be given the same
 
 
 def main(argv):
@@ -42,6 +47,8 @@ def main(argv):
     cli.fail('--overlays must be >= 0 and --overlay_stride >= 1', cli.EXIT_USAGE)
   if problem := files.utf8_problem(FLAGS.workdir):
     cli.fail(f'--workdir {problem}', cli.EXIT_USAGE)
+  if FLAGS.vc_lengths is not None and not all(n.strip().isdigit() and int(n) >= 1 for n in FLAGS.vc_lengths):
+    cli.fail(f'--vc_lengths must be positive integers, got {",".join(FLAGS.vc_lengths)}', cli.EXIT_USAGE)
 
   def run():
     import os
@@ -52,7 +59,8 @@ def main(argv):
     metrics, report = evaluation.evaluate_run(
         FLAGS.workdir, split=FLAGS.split, checkpoint=FLAGS.checkpoint, overlays=FLAGS.overlays,
         overlay_stride=FLAGS.overlay_stride, eval_batch_size=FLAGS.eval_batch_size, data_root=FLAGS.data_root,
-        native_labels=FLAGS.native_labels)
+        native_labels=FLAGS.native_labels, vc_corrected=FLAGS.vc_corrected,
+        vc_lengths=None if FLAGS.vc_lengths is None else [int(n) for n in FLAGS.vc_lengths])
     if jax.process_index() != 0:
       return
     print(f'{report["dataset"]} {report["split"]}, checkpoint step {report["checkpoint"]["step"]} '

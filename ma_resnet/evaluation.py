@@ -18,6 +18,9 @@ Scoring. The arg-max predictions come back to the host, and for every labelled f
 IoU_k = TP / (TP + FP + FN) (NaN for a class absent from both ground truth and prediction, left out of the
 mean), mIoU = mean of the defined IoU_k, pixel accuracy = trace / total. Frames per second count every frame
 streamed (labelled or not) per second of wall time, excluding the first step (compilation).
+The same predictions feed `video_metrics.VideoMetrics` (`EvalMetrics.video`): mVC_n of densely labelled
+splits (VSPW's mean video consistency, `eval_vc_lengths`; absent with sparse labels) and the label-free temporal
+consistency. `video_consistency` (re-exported here) is mVC_n's per-window accuracies of one video.
 
 `evaluate_run(workdir, ...)` is `eval.py`: restore the best (or latest) checkpoint of a run
 (`checkpoints.load_run`), evaluate, write `eval_<split>.json`, overlays and a per-class table. This module
@@ -37,9 +40,10 @@ from typing import Any, Callable, Iterator, Sequence
 import jax
 import numpy as np
 
-from ma_resnet import checkpoints, inference, parallel, visualize
+from ma_resnet import checkpoints, inference, parallel, video_metrics, visualize
 from ma_resnet import data as data_lib
 from ma_resnet.files import atomic_write_text
+from ma_resnet.video_metrics import VideoMetricOptions, video_consistency  # noqa: F401  (re-exported)
 
 IGNORE_INDEX = data_lib.IGNORE_INDEX
 
@@ -102,6 +106,8 @@ class EvalMetrics:
   kind_confusion: np.ndarray | None = None
   kind_frames: tuple[int, int] = (0, 0)
   kind_labelled: tuple[int, int] = (0, 0)
+  # Video metrics (`video_metrics.VideoMetrics.results`): mVC_n (absent with sparse labels), temporal consistency.
+  video: dict[str, Any] = dataclasses.field(default_factory=dict)
 
   @property
   def per_class_iou(self) -> np.ndarray:
@@ -127,7 +133,7 @@ class EvalMetrics:
     kinds = {'miou_' + k['kind'].replace('-', '_').replace(' ', '_'): k['miou'] for k in self.kinds()
              if k['labelled_frames']}
     return {'miou': self.miou, 'pixel_accuracy': self.pixel_accuracy,
-            'frames_per_second': self.frames_per_second, **kinds}
+            'frames_per_second': self.frames_per_second, **kinds, **video_metrics.scalars(self.video)}
 
   def to_json(self) -> dict[str, Any]:
     nan_to_none = lambda x: None if x is None or (isinstance(x, float) and math.isnan(x)) else x
@@ -143,6 +149,7 @@ class EvalMetrics:
         'confusion_matrix': self.confusion.tolist(),
         'class_names': list(self.class_names),
         'frame_kinds': [{**k, 'miou': nan_to_none(k['miou'])} for k in self.kinds()],
+        'video_metrics': self.video,
     }
 
   def table(self) -> str:
@@ -162,7 +169,7 @@ class EvalMetrics:
     for k in self.kinds():
       score = 'n/a' if math.isnan(k['miou']) else f'{100 * k["miou"]:.2f}%'
       lines.append(f'{k["kind"]} frames: {k["frames"]} ({k["labelled_frames"]} labelled), mIoU {score}')
-    return '\n'.join(lines)
+    return '\n'.join(lines + video_metrics.table_lines(self.video))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -191,8 +198,9 @@ class Evaluator:
   """Streams a split through `model.step` and scores it (see the module docstring)."""
 
   def __init__(self, model, data_config, split: str, *, lanes: int = 1, mesh=None,
-               class_names: Sequence[str] | None = None):
+               class_names: Sequence[str] | None = None, video_options: VideoMetricOptions | None = None):
     self.model = model
+    self.video_options = video_options  # mVC lengths and form (None: the defaults)
     self.data_config = data_config
     self.split = split
     self.mesh = mesh or parallel.make_mesh()
@@ -261,6 +269,7 @@ class Evaluator:
 
     confusion = np.zeros((2, self.num_classes, self.num_classes), np.int64)  # by kind: enhanced or not
     kind_counts = np.zeros((2, 2), np.int64)  # [enhanced][frames, labelled]
+    video = video_metrics.VideoMetrics(self.num_classes, self.video_options, dataset=self.data_config.get('name'))
     memory = None
     image_size = None
     delay = self.model.delay
@@ -303,6 +312,7 @@ class Evaluator:
         kind_counts[kind] += (1, int(labelled))
         if labelled:
           confusion[kind] += confusion_matrix(label, predictions[lane], self.num_classes)
+        video.update(lane, int(it['sequence_index']), int(it['frame_index']), label, labelled, predictions[lane])
         if callback is not None:
           callback(FramePrediction(sequence=str(it['sequence']), sequence_index=int(it['sequence_index']),
                                    frame_index=int(it['frame_index']),
@@ -343,6 +353,7 @@ class Evaluator:
     confusion = parallel.sum_over_processes(confusion)
     kind_counts = parallel.sum_over_processes(kind_counts)
     steady_frames = int(parallel.sum_over_processes(np.array([steady_frames], np.int64))[0])
+    video.reduce(parallel.sum_over_processes)
     frames_seen, labelled_seen = (int(c) for c in kind_counts.sum(0))
     fps = steady_frames / steady_seconds if steady_seconds > 0 and steady_frames else (
         frames_seen / seconds if seconds > 0 else 0.0)
@@ -350,7 +361,8 @@ class Evaluator:
                        labelled_frames=labelled_seen, seconds=seconds, frames_per_second=fps, split=self.split,
                        frame_kinds=self.model.frame_kinds, kind_confusion=confusion,
                        kind_frames=tuple(int(c) for c in kind_counts[:, 0]),
-                       kind_labelled=tuple(int(c) for c in kind_counts[:, 1]))
+                       kind_labelled=tuple(int(c) for c in kind_counts[:, 1]),
+                       video=video.results(self.class_names))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -359,13 +371,16 @@ class Evaluator:
 
 def evaluate_run(workdir: str, *, split: str | None = None, checkpoint: str = 'best', overlays: int = 0,
                      overlay_stride: int = 1, eval_batch_size: int | None = None, data_root: str | None = None,
-                     native_labels: bool | None = None, report_path: str | None = None
+                     native_labels: bool | None = None, report_path: str | None = None,
+                     vc_lengths: Sequence[int] | None = None, vc_corrected: bool | None = None
                      ) -> tuple[EvalMetrics, dict]:
   """Evaluates a training run's checkpoint (see `eval.py`). Returns (metrics, the JSON report written);
   `report['not_written']` lists the outputs that could not be written (a read-only workdir).
 
   overlays / overlay_stride: save panels of `overlays` frames, every `overlay_stride`-th frame of the split in
   stream order from the first. native_labels: override the run config's `data.eval_native_labels`.
+  vc_lengths / vc_corrected: the mVC lengths and form (default: the run config's `eval_vc_lengths` /
+  `eval_vc_corrected`).
   """
   workdir = os.path.abspath(workdir)
   if overlay_stride < 1:
@@ -412,7 +427,8 @@ def evaluate_run(workdir: str, *, split: str | None = None, checkpoint: str = 'b
       not_written.append(f'{overlay_dir}: {e.strerror or e}')
 
   evaluator = Evaluator(run.model, config.data, split, lanes=lanes, mesh=mesh,
-                        class_names=data_lib.class_names(config.data))
+                        class_names=data_lib.class_names(config.data),
+                        video_options=VideoMetricOptions.from_config(config, vc_lengths, vc_corrected))
   metrics = evaluator.evaluate(run.variables, callback=save_overlay if overlays > 0 else None)
   saved.sort()
   report = {

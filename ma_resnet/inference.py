@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from ma_resnet import video_io, visualize
+from ma_resnet import video_io, video_metrics, visualize
 from ma_resnet.data import normalize_images
 from ma_resnet.models.ops import resize_bilinear
 
@@ -191,6 +191,8 @@ class PredictionSummary:
   decode_errors: list[str]
   frame_kinds: tuple[str, str] | None = None  # `model.frame_kinds` (None: a per-frame model)
   enhanced: list[bool] = dataclasses.field(default_factory=list)  # per frame: the output used the memory
+  # Label-free temporal consistency of the labels (`video_metrics`): 'consistency', 'consistency_per_class'.
+  consistency: dict = dataclasses.field(default_factory=dict)
 
   def frames_of_kind(self, enhanced: bool) -> list[int]:
     """Indices of the frames whose output did (True) or did not (False: THA's key frames) use the memory."""
@@ -230,6 +232,8 @@ def predict_file(run, video: str | video_io.FrameReader, out: str, *,
       first_done = None
       count = 0
       enhanced = []
+      # No labels here: only the label-free temporal consistency (no mVC lengths).
+      consistency = video_metrics.VideoMetrics(len(settings.class_names), video_metrics.VideoMetricOptions(()))
       try:
         for p in predict_video(run.model, run.variables, reader, mean=settings.mean, std=settings.std,
                                size=model_size, palette=settings.palette, alpha=alpha,
@@ -241,6 +245,7 @@ def predict_file(run, video: str | video_io.FrameReader, out: str, *,
             labels.write(name, p.labels)
           count += 1
           enhanced.append(p.enhanced)
+          consistency.update(0, 0, p.index, None, False, p.labels)
           if first_done is None:
             first_done = time.time()
           if bar is not None:
@@ -263,6 +268,7 @@ def predict_file(run, video: str | video_io.FrameReader, out: str, *,
       out=writer.path, labels_dir=labels.folder if labels is not None else None, frames=count,
       size=info.size, model_size=tuple(model_size), fps=out_fps, seconds=end - start,
       frames_per_second=(count - 1) / steady if count > 1 and steady > 0 else float('nan'),
-      decode_errors=list(reader.decode_errors), frame_kinds=run.model.frame_kinds, enhanced=enhanced)
+      decode_errors=list(reader.decode_errors), frame_kinds=run.model.frame_kinds, enhanced=enhanced,
+      consistency=consistency.results(settings.class_names))
 
 

@@ -188,7 +188,8 @@ def _train_and_evaluate(config, workdir: str, start_time: float, progress: bool,
   p_all_finite = jax.jit(all_finite, out_shardings=replicated)
 
   evaluator = evaluation.Evaluator(model, config.data, config.eval_split, lanes=_eval_lanes(config, mesh),
-                                   mesh=mesh, class_names=data_lib.class_names(config.data))
+                                   mesh=mesh, class_names=data_lib.class_names(config.data),
+                                   video_options=evaluation.VideoMetricOptions.from_config(config))
   step = int(state.step)
   eval_metrics = None
   bar = logging_utils.ProgressBar(total=num_steps, initial=step, enabled=progress)

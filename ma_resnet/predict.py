@@ -167,6 +167,9 @@ def main(argv) -> None:
     print(f'warning: {summary.frames} frames decoded, the container announced about {info.num_frames}',
           file=sys.stderr)
   print(summary_line(summary), flush=True)
+  if summary.consistency.get('consistency') is not None:
+    print(f'temporal consistency: {100 * summary.consistency["consistency"]:.2f}% of pixels keep their class from '
+          'one frame to the next', flush=True)
   if summary.frame_kinds:  # which frames ran without the memory (THA: the key frames, the full network)
     plain = summary.frames_of_kind(False)
     print(f'{summary.frame_kinds[0]} frames: {len(plain)} of {summary.frames} ({_index_list(plain)}); the other '

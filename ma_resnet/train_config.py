@@ -33,6 +33,10 @@ Fields
   eval_every             steps between validation runs (0: only at the end, -1: never)
   eval_split             split evaluated during training ('val')
   eval_batch_size        sequences streamed side by side in evaluation (rounded up to the device count)
+  eval_vc_lengths        the n of the video consistency mVC_n reported with mIoU on densely labelled splits
+                         ((8, 16): VSPW's mVC8 / mVC16; (): none); see ma_resnet/video_metrics.py
+  eval_vc_corrected      also report mVC_n in its corrected form (mvc<n>_corrected: every window, ignore pixels
+                         left out, only constant predictions that equal the ground truth count)
   checkpoint_every       steps between checkpoints (and one at the end)
   keep_checkpoints       latest checkpoints kept (the best one by validation mIoU is kept in addition)
   init_from              '' | the folder of a converted torchvision ResNet (`python -m ma_resnet.convert ...`): its
@@ -101,6 +105,8 @@ def base_config(dataset: str = 'synthetic') -> ml_collections.ConfigDict:
   config.eval_every = 0
   config.eval_split = 'val'
   config.eval_batch_size = 1
+  config.eval_vc_lengths = (8, 16)
+  config.eval_vc_corrected = False
   config.checkpoint_every = 1000
   config.keep_checkpoints = 2
 
@@ -193,6 +199,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   need(config.checkpoint_every >= 1, f'checkpoint_every must be >= 1, got {config.checkpoint_every}')
   need(config.eval_every >= -1, f'eval_every must be >= -1, got {config.eval_every}')
   need(config.eval_batch_size >= 1, f'eval_batch_size must be >= 1, got {config.eval_batch_size}')
+  need(all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in config.eval_vc_lengths),
+       f'eval_vc_lengths must be positive integers, got {config.eval_vc_lengths}')
   need(config.keep_checkpoints >= 1, f'keep_checkpoints must be >= 1, got {config.keep_checkpoints}')
   need(config.compute_dtype in COMPUTE_DTYPES,
        f'compute_dtype must be one of {COMPUTE_DTYPES}, got {config.compute_dtype!r}')

@@ -213,6 +213,8 @@ def test_four_devices_match_one_device():
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     sharded = [json.loads(line) for line in f if 'eval/miou' in line][-1]
   np.testing.assert_allclose(sharded['eval/miou'], metrics.miou, rtol=1e-6)
+  # The video metrics too (4 lanes on 4 devices vs 1 lane): the label-free consistency, logged as eval/consistency.
+  np.testing.assert_allclose(sharded['eval/consistency'], metrics.video['consistency'], rtol=1e-6)
 
 
 def test_unfinished_checkpoint_is_ignored_and_training_resumes_from_the_previous_one():
