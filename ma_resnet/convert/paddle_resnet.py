@@ -5,11 +5,13 @@ The published files come in three namings, all recognised from the keys (`resnet
 - PaddleClas static-graph parameter names (`ppcls/modeling/architectures/resnet_vd.py`, ParamAttr names; saved
   by `fluid.save`): e.g. `ResNet50_vd_ssld_v2_pretrained.pdparams`, the weights MA-ResNet50 starts from.
 
-      conv1_1_weights, bn1_1_{scale,offset,mean,variance}                    stem conv i (1..3)
+      conv1_1_weights, bnv1_1_{scale,offset,mean,variance}                   stem conv i (1..3)
       res2a_branch2a_weights, bn2a_branch2a_*  (branch2a/b/c: conv 1..3)     stage 1 block 0
       res2a_branch1_weights, bn2a_branch1_*                                  its projection shortcut
       res4b12_*  (ResNet101/152, stage 3: a, b1, b2, ...)                    stage 3 block 12
       fc_0.w_0 (in, out), fc_0.b_0                                           classifier
+
+  (a batch norm is named 'bn' + its conv's name[3:]: `bnv1_1` for `conv1_1`, `bn2a_branch2a`).
 
 - PaddleSeg dygraph structured names (`paddleseg/models/backbones/resnet_vd.py`; also PaddleClas 2.0 dygraph):
   e.g. PaddleSeg's `resnet50_vd_ssld_v2.tar.gz` (`model.pdparams`), loaded by key into the backbone.
@@ -29,6 +31,8 @@ as ma_resnet's vd does; for ResNet18/34 this is the stage-1 projection timm's re
 kernels are OIHW like torch's; a Linear weight is (in, out) and is kept as is. A `backbone.` prefix is removed.
 """
 from __future__ import annotations
+
+from typing import Callable
 
 from ma_resnet.convert.resnet_keys import BatchNormNames, Framework, Layout, Unit
 
@@ -53,21 +57,22 @@ def paddleclas_static_keys(unit: Unit) -> tuple[str, str]:
   return f'{name}_weights', f'bn{name[3:]}'
 
 
-def paddleseg_keys(unit: Unit) -> tuple[str, str]:
-  if unit.stage < 0:
-    prefix = f'conv1_{unit.index + 1}'
-  else:
-    prefix = f'bb_{unit.stage}_{unit.block}.' + ('short' if unit.is_projection else f'conv{unit.index}')
-  return f'{prefix}._conv.weight', f'{prefix}._batch_norm'
+def dygraph_keys(stem: Callable[[int], str], block: Callable[[Unit], str], conv: str, bn: str
+                 ) -> Callable[[Unit], tuple[str, str]]:
+  """Paddle dygraph structured names: a ConvBNLayer at `prefix` holds `{prefix}.{conv}.weight` and the batch
+  norm `{prefix}.{bn}`; prefix = stem(i) for stem conv i, else block(unit) + `.conv{i}` / `.short`."""
+  def keys(unit: Unit) -> tuple[str, str]:
+    if unit.stage < 0:
+      prefix = stem(unit.index)
+    else:
+      prefix = block(unit) + ('.short' if unit.is_projection else f'.conv{unit.index}')
+    return f'{prefix}.{conv}.weight', f'{prefix}.{bn}'
+  return keys
 
 
-def paddleclas_keys(unit: Unit) -> tuple[str, str]:
-  if unit.stage < 0:
-    prefix = f'stem.{unit.index}'
-  else:
-    prefix = f'blocks.{unit.flat_block}.' + ('short' if unit.is_projection else f'conv{unit.index}')
-  return f'{prefix}.conv.weight', f'{prefix}.bn'
-
+paddleseg_keys = dygraph_keys(lambda i: f'conv1_{i + 1}', lambda u: f'bb_{u.stage}_{u.block}', '_conv',
+                              '_batch_norm')
+paddleclas_keys = dygraph_keys(lambda i: f'stem.{i}', lambda u: f'blocks.{u.flat_block}', 'conv', 'bn')
 
 PADDLECLAS_STATIC = Layout('PaddleClas ResNet{depth}_vd (static-graph names)', 'vd', paddleclas_static_keys,
                            PADDLE_STATIC_BN, (('fc_0.w_0', 'fc_0.b_0'),), 'identity')

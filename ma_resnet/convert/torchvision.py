@@ -27,7 +27,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from ma_resnet.convert.checkpoint_io import ConversionError, Table, apply_table, check_output_dir
-from ma_resnet.convert.resnet_keys import layout_table, torch_layout, torchvision_stem, write_converted
+from ma_resnet.convert.resnet_keys import (fit, layout_table, strip_prefix, torch_layout, torchvision_stem,
+                                            write_converted)
 from ma_resnet.convert.weight_files import state_dict_of
 from ma_resnet.models.backbones.resnet import DEPTHS
 
@@ -70,6 +71,18 @@ def _matching_depths(keys: set[str]) -> list[int]:
   return found
 
 
+def _other_framework_hint(state_dict: Mapping[str, Any]) -> str | None:
+  """Which timm / mmcv ResNet the keys are exactly, if any (deep stems: not a torchvision file)."""
+  from ma_resnet.convert import mmcv, timm
+  for framework in (timm.FRAMEWORK, mmcv.FRAMEWORK):
+    for depth in sorted(DEPTHS):
+      for layout in framework.layouts:
+        if layout.variant != VARIANT and fit(strip_prefix(state_dict), layout, depth).errors == 0:
+          return (f'the keys are those of {layout.title(depth)} (variant {layout.variant}): convert with the '
+                  f'{framework.name} converter (python -m ma_resnet.convert {framework.name} ...)')
+  return None
+
+
 def convert_state_dict(state_dict_or_path: Mapping[str, Any] | str | os.PathLike, depth: int, *,
                        include_classifier: bool = True, num_classes: int | None = None) -> dict[str, dict]:
   """torchvision ResNet`depth` weights -> `{'params': ..., 'batch_stats': ...}` (nested dicts of float32 numpy).
@@ -100,6 +113,8 @@ def convert_state_dict(state_dict_or_path: Mapping[str, Any] | str | os.PathLike
               f'(--depth {others[0]})')
     elif include_classifier and missing == {'fc.weight', 'fc.bias'}:
       hint = 'only the classifier (fc) is missing; use include_classifier=False (--no-classifier)'
+    else:
+      hint = _other_framework_hint(state_dict)
   return apply_table(state_dict, table, f'torchvision ResNet{depth}', hint=hint)
 
 
