@@ -94,11 +94,11 @@ def test_key_names_of_each_layout():
                          + [('paddle', layout) for layout in paddle_resnet.LAYOUTS])
 def test_identify_recognises_each_layout(framework, layout):
   module = {'timm': timm, 'mmcv': mmcv, 'paddle': paddle_resnet}[framework]
-  depth = 50 if framework != 'paddle' else 34
+  depth = 26 if framework != 'paddle' else 18  # paddle: with the stage-1 projection of a basic-block vd
   state = table_state_dict(_classifier_table(layout, depth), seed=depth)
   variables, found = module.convert_state_dict(state, depth)
   assert found == layout
-  assert variables['params']['fc']['kernel'].shape == (512 if depth == 34 else 2048, 1000)
+  assert variables['params']['fc']['kernel'].shape == (512 if depth == 18 else 2048, 1000)
 
 
 def test_other_depth_is_named_in_one_line():

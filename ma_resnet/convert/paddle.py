@@ -19,7 +19,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from ma_resnet.models.backbones.resnet import ResNet, stage_channels
 from ma_resnet.models.heads import DeepLabV3PlusHead
@@ -30,7 +29,7 @@ from ma_resnet.models.temporal import PCMA, PCMAOptions
 from ma_resnet.convert.checkpoint_io import ConversionError, Table, apply_table, shaped_table
 from ma_resnet.convert.paddle_resnet import PADDLESEG
 from ma_resnet.convert.resnet_keys import backbone_rows
-from ma_resnet.convert.weight_files import read_pdparams  # noqa: F401  (this module's reader of .pdparams)
+from ma_resnet.convert.weight_files import read_pdparams
 
 _CONV, _COPY = 'conv_oihw_to_hwio', 'identity'
 _BN = {'weight': ('params', 'scale'), 'bias': ('params', 'bias'),
