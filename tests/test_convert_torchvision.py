@@ -24,9 +24,9 @@ from ma_resnet.convert.torchvision import convert_state_dict, key_table
 from ma_resnet.models.backbones.resnet import ResNet
 
 try:
-  from torch_utils import torchvision_resnet_or_skip
+  from torch_utils import randomize_batch_norms, torch_stage_outputs, torchvision_resnet_or_skip
 except ImportError:  # tests/ imported as a package
-  from tests.torch_utils import torchvision_resnet_or_skip
+  from tests.torch_utils import randomize_batch_norms, torch_stage_outputs, torchvision_resnet_or_skip
 
 DEPTHS = (18, 34, 50, 101, 152)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -84,26 +84,10 @@ def _torch_reference(depth: int, dilated: bool = False):
   tvr = torchvision_resnet_or_skip()
   import torch
   torch.manual_seed(depth)
-  g = torch.Generator().manual_seed(1000 + depth)
   model = getattr(tvr, f'resnet{depth}')(replace_stride_with_dilation=[False, dilated, dilated])
-  with torch.no_grad():
-    for m in model.modules():
-      if isinstance(m, torch.nn.BatchNorm2d):
-        m.weight.uniform_(0.5, 1.5, generator=g)
-        m.bias.normal_(0.0, 0.1, generator=g)
-        m.running_mean.normal_(0.0, 0.1, generator=g)
-        m.running_var.uniform_(0.5, 2.0, generator=g)
-    model.fc.weight.normal_(0.0, 0.05, generator=g)
-    model.fc.bias.normal_(0.0, 0.1, generator=g)
-  model.eval()
-  x = torch.randn(1, 3, 224, 224, generator=g)
-  outputs = {}
-  for i in range(1, 5):
-    getattr(model, f'layer{i}').register_forward_hook(
-        lambda mod, inp, out, name=f'stage{i}': outputs.__setitem__(name, out.numpy().transpose(0, 2, 3, 1)))
-  with torch.no_grad():
-    outputs['logits'] = model(x).numpy()
-  return model.state_dict(), x.numpy(), outputs
+  randomize_batch_norms(model, 1000 + depth)
+  x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(2000 + depth)).numpy()
+  return model.state_dict(), x, torch_stage_outputs(model, x)
 
 
 @functools.cache

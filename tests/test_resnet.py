@@ -14,11 +14,12 @@ import pytest
 from ma_resnet.models.layers import BN_EPSILON, BN_MOMENTUM
 from ma_resnet.models.backbones.resnet import DEPTHS, STAGES, VARIANTS, ResNet, stage_channels, stage_sizes
 
-# Parameters with the 1000-class classifier. torchvision: its published counts. vd / v1c: the same network
-# with the deep stem (+19,232); vd ResNet18/34 also have a 1x1 projection in stage 1's first block (+4,224;
-# PaddleSeg ResNet_vd gives every stage's first block a projection shortcut).
+# Parameters with the 1000-class classifier. torchvision: its published counts (26: timm's resnet26). vd / v1c:
+# the same network with the deep stem (+19,232); vd ResNet18/34 also have a 1x1 projection in stage 1's first
+# block (+4,224; PaddleSeg ResNet_vd gives every stage's first block a projection shortcut).
 PARAM_COUNTS = {
     (18, 'torchvision'): 11_689_512, (18, 'vd'): 11_712_968, (18, 'v1c'): 11_708_744,
+    (26, 'torchvision'): 15_995_176, (26, 'vd'): 16_014_408, (26, 'v1c'): 16_014_408,  # timm resnet26 / 26d
     (34, 'torchvision'): 21_797_672, (34, 'vd'): 21_821_128, (34, 'v1c'): 21_816_904,
     (50, 'torchvision'): 25_557_032, (50, 'vd'): 25_576_264, (50, 'v1c'): 25_576_264,
     (101, 'torchvision'): 44_549_160, (101, 'vd'): 44_568_392, (101, 'v1c'): 44_568_392,

@@ -5,26 +5,31 @@ variables)`: the model configured as the reference (ResNet50-vd, output stride 8
 with the code's behaviour on stages 1-3, PaddleSeg DeepLabV3+) and its Flax variables.
 
 The name mapping is an explicit table (`reference_name_table`) from the reference's parameter names (as in
-`params.tsv`, NCHW / OIHW) to Flax paths (NHWC / HWIO). A state dict with unknown, missing or mis-shaped
-names is refused with one `ConversionError` naming them.
+`params.tsv`, NCHW / OIHW) to Flax paths (NHWC / HWIO); its backbone part is PaddleSeg's ResNet_vd naming
+(`paddle_resnet.PADDLESEG`) under `backbone.`. A state dict with unknown, missing or mis-shaped names is
+refused with one `ConversionError` naming them. `.pdparams` files are read by `weight_files.read_pdparams`
+(a restricted unpickler: arrays only, no code).
+
+ImageNet ResNet_vd weights (PaddleClas / PaddleSeg) convert with `ma_resnet.convert.paddle_resnet`.
 """
 from __future__ import annotations
 
 import os
-import pickle
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from ma_resnet.models.backbones.resnet import DEPTHS, STAGES, ResNet, stage_channels
+from ma_resnet.models.backbones.resnet import ResNet, stage_channels
 from ma_resnet.models.heads import DeepLabV3PlusHead
 from ma_resnet.models.layers import lax_precision
 from ma_resnet.models.segmenter import VideoSegmenter
 from ma_resnet.models.temporal import PCMA, PCMAOptions
 
 from ma_resnet.convert.checkpoint_io import ConversionError, Table, apply_table, shaped_table
+from ma_resnet.convert.paddle_resnet import PADDLESEG
+from ma_resnet.convert.resnet_keys import backbone_rows
+from ma_resnet.convert.weight_files import read_pdparams
 
 _CONV, _COPY = 'conv_oihw_to_hwio', 'identity'
 _BN = {'weight': ('params', 'scale'), 'bias': ('params', 'bias'),
@@ -51,18 +56,7 @@ def reference_name_table(depth: int = 50, pcma_stages=('stage1', 'stage2', 'stag
 
   Transforms are `checkpoint_io.TRANSFORMS` names (OIHW -> HWIO for convolution kernels).
   """
-  kind, blocks = DEPTHS[depth]
-  table: dict[str, tuple[str, tuple, str]] = {}
-  for i in (1, 2, 3):
-    _conv_bn(table, f'backbone.conv1_{i}', ('backbone', 'stem', f'conv{i}'))
-  convs = ('conv0', 'conv1', 'conv2') if kind == 'bottleneck' else ('conv0', 'conv1')
-  for s, n in enumerate(blocks):
-    for b in range(n):
-      block = ('backbone', STAGES[s], f'block{b}')
-      for j, name in enumerate(convs):
-        _conv_bn(table, f'backbone.bb_{s}_{b}.{name}', block + (f'conv{j + 1}',))
-      if b == 0:
-        _conv_bn(table, f'backbone.bb_{s}_{b}.short', block + ('downsample',))
+  table, _ = backbone_rows(PADDLESEG, depth)  # backbone.conv1_1._conv.weight, backbone.bb_0_0.conv0..., ...
   channels = stage_channels(depth)
   for stage in pcma_stages:
     prefix = f'backbone.mem_{channels[stage]}'
@@ -87,20 +81,6 @@ def reference_name_table(depth: int = 50, pcma_stages=('stage1', 'stage2', 'stag
   table['head.decoder.conv.weight'] = ('params', decoder + ('classifier', 'kernel'), _CONV)
   table['head.decoder.conv.bias'] = ('params', decoder + ('classifier', 'bias'), _COPY)
   return table
-
-
-def read_pdparams(path: str | os.PathLike) -> dict[str, np.ndarray]:
-  """Reads a `.pdparams` file (a pickle of name -> array) without paddle."""
-  try:
-    with open(path, 'rb') as f:
-      state = pickle.load(f, encoding='latin1')
-  except FileNotFoundError:
-    raise ConversionError(f'{path}: no such file') from None
-  except Exception as e:  # pickle raises many kinds of errors on corrupt input
-    raise ConversionError(f'{path}: not a readable .pdparams pickle ({type(e).__name__}: {e})') from None
-  if not isinstance(state, dict):
-    raise ConversionError(f'{path}: expected a dict of name -> array, got {type(state).__name__}')
-  return {k: np.asarray(v) for k, v in state.items() if not k.startswith('StructuredToParameterName')}
 
 
 def reference_model(num_classes: int, memory_length: int = 1, ratio: float = 0.25,

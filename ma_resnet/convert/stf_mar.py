@@ -48,9 +48,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ma_resnet.convert import torchvision as torchvision_convert
 from ma_resnet.convert.checkpoint_io import ConversionError, checked_arrays, set_variable
 from ma_resnet.convert.tmanet import reference_name_table as tmanet_name_table
+from ma_resnet.convert.weight_files import state_dict_of
 from ma_resnet.models.build import build, default_model_config, stf_pspnet50
 from ma_resnet.models.segmenter import VideoSegmenter
 
@@ -230,7 +230,7 @@ def load_reference(state_dict_or_path: Mapping[str, Any] | str | os.PathLike, *,
   `precision` ('default' | 'high' | 'highest'): of every matmul ('highest' reproduces the float32 numbers on
   GPUs). Raises `ConversionError` naming every unknown, missing or mis-shaped name.
   """
-  state, source = torchvision_convert.state_dict_of(state_dict_or_path)
+  state, source = state_dict_of(state_dict_or_path)
   embedding_size, memory_per_class = (128, 256), 10
   pe = np.shape(state['STF.pe_enc']) if 'STF.pe_enc' in state else ()
   if len(pe) == 5:

@@ -32,8 +32,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from ma_resnet.convert import torchvision as torchvision_convert
 from ma_resnet.convert.checkpoint_io import ConversionError, Table, apply_table, shaped_table
+from ma_resnet.convert.mmcv import MMSEG_V1C
+from ma_resnet.convert.resnet_keys import backbone_rows
+from ma_resnet.convert.weight_files import state_dict_of
 from ma_resnet.models.build import build, default_model_config, tmanet_r50_d8
 from ma_resnet.models.segmenter import VideoSegmenter
 
@@ -71,18 +73,7 @@ def _conv_module(rows: dict, ignored: set, name: str, path: tuple):
 
 def reference_name_table(memory_length: int) -> tuple[dict[str, tuple[str, tuple, str]], set[str]]:
   """(rows: reference name -> (collection, Flax path, transform), names accepted and dropped)."""
-  rows: dict[str, tuple[str, tuple, str]] = {}
-  ignored: set[str] = set()
-  for i, (conv, bn) in enumerate(((0, 1), (3, 4), (6, 7)), start=1):  # the deep stem
-    rows[f'backbone.stem.{conv}.weight'] = ('params', ('backbone', 'stem', f'conv{i}', 'conv', 'kernel'), _CONV)
-    for suffix, (collection, leaf) in _BN.items():
-      rows[f'backbone.stem.{bn}.{suffix}'] = (collection, ('backbone', 'stem', f'conv{i}', 'bn', leaf), _COPY)
-    ignored.add(f'backbone.stem.{bn}.num_batches_tracked')
-  body = torchvision_convert.key_table(50, include_classifier=False)  # layer1..4: torchvision's names
-  for name, entry in body.entries.items():
-    if name.startswith('layer'):
-      rows[f'backbone.{name}'] = (entry.collection, ('backbone',) + entry.path, entry.transform)
-  ignored |= {f'backbone.{name}' for name in body.ignored if name.startswith('layer')}
+  rows, ignored = backbone_rows(MMSEG_V1C, 50)  # backbone.stem.{0,1,3,4,6,7}.*, backbone.layer{s}.{b}.*
 
   head = 'decode_head'
   for kind, flax_name in (('key', 'memory_key'), ('value', 'memory_value')):
@@ -119,7 +110,7 @@ def load_reference(state_dict_or_path: Mapping[str, Any] | str | os.PathLike, *,
   Raises `ConversionError` naming every unknown, missing or mis-shaped name. `precision`: see
   `reference_model_config`.
   """
-  state, source = torchvision_convert.state_dict_of(state_dict_or_path)
+  state, source = state_dict_of(state_dict_or_path)
   model = reference_model(num_classes, memory_length, align_corners, key_channels, value_channels, precision)
   what = (f'the reference TMANet R50-D8 ({num_classes} classes, T={memory_length}, key {key_channels}, '
           f'value {value_channels})')

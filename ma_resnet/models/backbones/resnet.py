@@ -1,6 +1,7 @@
 """The ResNet family as pure-functional `flax.linen` modules (NHWC).
 
-Depths 18/34 (basic blocks) and 50/101/152 (bottleneck blocks), in three variants that real checkpoints use:
+Depths 18/34 (basic blocks) and 26/50/101/152 (bottleneck blocks; 26 = 2 blocks per stage, timm's `resnet26`),
+in three variants that real checkpoints use:
 
 - `torchvision`: 7x7 stride-2 stem; the stride sits on the 3x3 conv; 1x1 stride-2 projection shortcut.
 - `vd` (PaddleSeg ResNet_vd): deep stem of three 3x3 convs (32, 32, 64); the projection of a strided block
@@ -40,6 +41,7 @@ VARIANTS = ('torchvision', 'vd', 'v1c')
 # depth -> (block kind, blocks per stage)
 DEPTHS = {
     18: ('basic', (2, 2, 2, 2)),
+    26: ('bottleneck', (2, 2, 2, 2)),
     34: ('basic', (3, 4, 6, 3)),
     50: ('bottleneck', (3, 4, 6, 3)),
     101: ('bottleneck', (3, 4, 23, 3)),
@@ -153,7 +155,7 @@ class ResNet(nn.Module):
   """ResNet backbone returning named stage outputs. See the module docstring.
 
   Attributes:
-    depth: 18, 34, 50, 101 or 152.
+    depth: 18, 26, 34, 50, 101 or 152.
     variant: 'torchvision', 'vd' or 'v1c'.
     output_stride: 32, 16 or 8.
     multi_grid: dilation multipliers of the last stage's blocks (one per block), or None for all 1.
