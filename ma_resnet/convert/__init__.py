@@ -15,4 +15,21 @@ Importing this package imports neither torch nor orbax (nor the converter module
 from ma_resnet.convert.checkpoint_io import (ConversionError, load_converted, read_metadata,
                                              save_converted)
 
-__all__ = ['ConversionError', 'load_converted', 'read_metadata', 'save_converted']
+__all__ = ['ConversionError', 'convert_weights', 'load_converted', 'read_metadata', 'save_converted']
+
+FRAMEWORKS = ('torchvision', 'timm', 'mmcv', 'paddle')
+
+
+def convert_weights(framework: str, input_path, out_dir, *, depth: int, include_classifier: bool = True
+                    ) -> tuple[str, dict]:
+  """Converts the ImageNet weights file `input_path` of `framework` into a converted checkpoint at `out_dir`.
+
+  Returns (out_dir, metadata); metadata['architecture'] = {'depth', 'variant', ...}. Only 'torchvision' here
+  (`torchvision.convert_file`); the other frameworks raise ConversionError.
+  """
+  if framework == 'torchvision':
+    from ma_resnet.convert import torchvision
+    return torchvision.convert_file(input_path, out_dir, depth, include_classifier=include_classifier)
+  if framework in FRAMEWORKS:
+    raise ConversionError(f'no {framework} converter in this version of ma_resnet')
+  raise ConversionError(f'unknown framework {framework!r}: expected one of {FRAMEWORKS}')
