@@ -19,6 +19,7 @@ The cache (`$MA_RESNET_CACHE`, default ~/.cache/ma_resnet):
     downloads/<name>/<file>                     the file as published: put it here by hand when offline
     converted/<name>-<checksum>/                its converted copy (variables/, metadata.json, source.json)
     converted/file-<sha256[:16]>-<framework>-<depth>/   a weights file given by path, converted once
+    locks/                                      processes sharing the cache fetch and convert one at a time
 
 A file is checked against its entry's checksum before anything is converted from it; one that does not match
 is deleted and nothing is converted. Downloads land under a temporary name (pooch and huggingface_hub stream
@@ -277,6 +278,15 @@ def converted_path(entry: Entry) -> str:
   return os.path.join(cache_dir(), 'converted', f'{entry.name}-{entry.key}')
 
 
+def _lock(key: str):
+  """A file lock in the cache: processes sharing the cache (the hosts of a multi-host run, on a shared
+  filesystem) fetch and convert one at a time; the others then find the converted copy."""
+  from filelock import FileLock
+  folder = os.path.join(cache_dir(), 'locks')
+  os.makedirs(folder, exist_ok=True)
+  return FileLock(os.path.join(folder, f'{key}.lock'))
+
+
 def sha256_of(path: str) -> str:
   import pooch
   return pooch.file_hash(path, alg='sha256')
@@ -294,7 +304,7 @@ def _reason(error: Exception) -> str:
 
 
 def _unreachable(entry: Entry, error: Exception) -> WeightsError:
-  return WeightsError(f'{entry.name}: cannot download {entry.source_url} ({_reason(error)}); put that file at '
+  return WeightsError(f'cannot download {entry.source_url} ({_reason(error)}); put that file at '
                       f'{download_path(entry)} and run the same command again')
 
 
@@ -306,7 +316,7 @@ def _checked(entry: Entry, path: str, expected: str = '') -> str:
     return digest
   os.remove(path)
   want = entry.checksum if entry.sha256 or entry.sha256_prefix else f'sha256 {expected}'
-  raise WeightsError(f'{entry.name}: the file from {entry.source_url} does not match its published checksum '
+  raise WeightsError(f'the file from {entry.source_url} does not match its published checksum '
                      f'({want}; the file has sha256 {digest}): deleted it, nothing converted')
 
 
@@ -381,7 +391,7 @@ def _unpacked(entry: Entry, path: str) -> str:
   files = pooch.Untar(extract_dir=f'{entry.file_name}.files')(path, 'download', None)
   weights = [f for f in files if f.lower().endswith(WEIGHT_SUFFIXES)]
   if len(weights) != 1:
-    raise WeightsError(f'{entry.name}: expected one weights file ({", ".join(WEIGHT_SUFFIXES)}) in {path}, found '
+    raise WeightsError(f'expected one weights file ({", ".join(WEIGHT_SUFFIXES)}) in {path}, found '
                        f'{len(weights)}: {[os.path.basename(f) for f in files][:8]}')
   return weights[0]
 
@@ -440,13 +450,14 @@ def prepare(name: str, *, progress: bool = False) -> str:
   WeightsError (one line) when it cannot be had."""
   entry = get(name)
   out = converted_path(entry)
-  if _cached(out, entry.depth, entry.variant, entry.accepts):
-    return out
-  path, digest = download(entry, progress=progress)
-  record = {'name': entry.name, 'source': entry.source_url, 'file': path, 'sha256': digest,
-            'published_checksum': entry.checksum, 'framework': entry.framework}
-  return _convert(entry.framework, _unpacked(entry, path), out, depth=entry.depth, variant=entry.variant,
-                  record=record)
+  with _lock(entry.name):
+    if _cached(out, entry.depth, entry.variant, entry.accepts):
+      return out
+    path, digest = download(entry, progress=progress)
+    record = {'name': entry.name, 'source': entry.source_url, 'file': path, 'sha256': digest,
+              'published_checksum': entry.checksum, 'framework': entry.framework}
+    return _convert(entry.framework, _unpacked(entry, path), out, depth=entry.depth, variant=entry.variant,
+                    record=record)
 
 
 def _state_dict_keys(path: str) -> list[str]:
@@ -494,12 +505,14 @@ def convert_file(path: str, *, depth: int, framework: str = '') -> str:
     raise WeightsError(f'{path} does not exist' if not os.path.exists(path) else f'{path} is not a file')
   framework = framework or detect_framework(path)
   digest = sha256_of(path)
-  out = os.path.join(cache_dir(), 'converted', f'file-{digest[:16]}-{framework}-{depth}')
-  if _cached(out, depth, None, lambda sha: sha == digest):
-    return out
-  record = {'name': None, 'source': path, 'file': path, 'sha256': digest, 'published_checksum': None,
-            'framework': framework}
-  return _convert(framework, path, out, depth=depth, variant=None, record=record)
+  key = f'file-{digest[:16]}-{framework}-{depth}'
+  out = os.path.join(cache_dir(), 'converted', key)
+  with _lock(key):
+    if _cached(out, depth, None, lambda sha: sha == digest):
+      return out
+    record = {'name': None, 'source': path, 'file': path, 'sha256': digest, 'published_checksum': None,
+              'framework': framework}
+    return _convert(framework, path, out, depth=depth, variant=None, record=record)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -548,9 +561,11 @@ def main(argv: list[str] | None = None) -> int:
       print(f'source: {entry.source_url}\nchecksum: {entry.checksum}\nfile (put it here by hand when offline): '
             f'{download_path(entry)}\nconverted copy: {converted_path(entry)}')
     else:
-      names = list(catalogue()) if args.names == ['all'] else args.names
-      for name in names:
-        print(f'{name}: {prepare(name, progress=sys.stderr.isatty())}', flush=True)
+      for entry in [get(name) for name in (list(catalogue()) if args.names == ['all'] else args.names)]:
+        try:
+          print(f'{entry.name}: {prepare(entry.name, progress=sys.stderr.isatty())}', flush=True)
+        except WeightsError as e:
+          raise WeightsError(f'{entry.name}: {e}') from None
   except WeightsError as e:
     print(f'error: {e}', file=sys.stderr)
     return 1

@@ -50,12 +50,20 @@ def config_of(name: str, **overrides):
 
 
 def random_state(config, seed: int = 0):
-  """A TrainState of `config`'s model with random host values (no compilation)."""
+  """A TrainState of `config`'s model with random host values that train (no compilation): He-scaled kernels,
+  positive scales and variances."""
   model = models.build(config.model, data_lib.num_classes(config.data))
   tx = training.make_optimizer(config, training.learning_rate_schedule(config))
   rng = np.random.default_rng(seed)
-  return jax.tree.map(lambda x: rng.standard_normal(x.shape).astype(x.dtype),
-                      training.abstract_train_state(config, model, tx))
+
+  def fill(path, leaf):
+    name, shape = getattr(path[-1], 'key', ''), leaf.shape
+    if name == 'kernel':
+      return (rng.standard_normal(shape) * np.sqrt(2.0 / max(int(np.prod(shape[:-1])), 1))).astype(leaf.dtype)
+    if name in ('scale', 'var'):
+      return rng.uniform(0.5, 1.5, shape).astype(leaf.dtype)
+    return (0.1 * rng.standard_normal(shape)).astype(leaf.dtype)
+  return jax.tree_util.tree_map_with_path(fill, training.abstract_train_state(config, model, tx))
 
 
 def write_run(workdir: str, config, step: int, iterator_config=None) -> None:

@@ -117,5 +117,6 @@ def use_catalogue(monkeypatch, folder, entries: dict[str, dict]) -> str:
 
 
 def files_under(folder: str) -> list[str]:
-  """Every file below `folder` (relative paths), hidden ones included."""
-  return sorted(os.path.relpath(os.path.join(root, n), folder) for root, _, names in os.walk(folder) for n in names)
+  """Every file below `folder` (relative paths), hidden ones included, but the cache's locks."""
+  return sorted(os.path.relpath(os.path.join(root, n), folder) for root, _, names in os.walk(folder) for n in names
+                if not n.endswith('.lock'))
