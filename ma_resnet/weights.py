@@ -558,8 +558,11 @@ def main(argv: list[str] | None = None) -> int:
       print(table(args.markdown))
     elif args.command == 'where':
       entry = get(args.name)
-      print(f'source: {entry.source_url}\nchecksum: {entry.checksum}\nfile (put it here by hand when offline): '
-            f'{download_path(entry)}\nconverted copy: {converted_path(entry)}')
+      print(f'source: {entry.source_url}\nchecksum: {entry.checksum}\nconverter: {entry.framework} (ResNet'
+            f'{entry.depth}, {entry.variant})\nImageNet top-1: {entry.top1} ({entry.top1_source})\n'
+            + (f'note: {entry.note}\n' if entry.note else '')
+            + f'file (put it here by hand when offline): {download_path(entry)}\nconverted copy: '
+            f'{converted_path(entry)}')
     else:
       for entry in [get(name) for name in (list(catalogue()) if args.names == ['all'] else args.names)]:
         try:
