@@ -558,8 +558,9 @@ def main(argv: list[str] | None = None) -> int:
       print(table(args.markdown))
     elif args.command == 'where':
       entry = get(args.name)
+      top1 = '—' if entry.top1 is None else f'{entry.top1:.3f}'
       print(f'source: {entry.source_url}\nchecksum: {entry.checksum}\nconverter: {entry.framework} (ResNet'
-            f'{entry.depth}, {entry.variant})\nImageNet top-1: {entry.top1} ({entry.top1_source})\n'
+            f'{entry.depth}, {entry.variant})\nImageNet top-1: {top1} ({entry.top1_source})\n'
             + (f'note: {entry.note}\n' if entry.note else '')
             + f'file (put it here by hand when offline): {download_path(entry)}\nconverted copy: '
             f'{converted_path(entry)}')
