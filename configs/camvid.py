@@ -1,10 +1,13 @@
 r"""CamVid, the paper's recipe (§4.2): MA-ResNet50-vd + DeepLabV3+, SGD, poly lr 0.1 -> 0.001, 60k iterations.
 
-    python train.py --config=configs/camvid.py --workdir=runs/camvid_ma \
-        --config.init_from=/path/to/converted_resnet50   # ImageNet encoder (python -m ma_resnet.convert ...)
+    python train.py --config=configs/camvid.py --workdir=runs/camvid_ma      # from PaddleSeg's ResNet50-vd SSLD
+    python train.py --config=configs/camvid.py --workdir=runs/camvid_scratch --config.init_from=''
     python train.py --config=configs/camvid.py --workdir=runs/camvid_plain --config.model.temporal=plain
     python eval.py --workdir=runs/camvid_ma --overlays=16
 
+Initialisation: the authors' ImageNet encoder, PaddleSeg's ResNet50_vd SSLD v2 (`init_from`, the catalogue entry
+'paddleseg_resnet50_vd_ssld_v2': downloaded and converted on first use into $MA_RESNET_CACHE, docs/weights.md;
+offline, the error names the file to put there by hand); `--config.init_from=''` trains from scratch.
 Recipe: cross-entropy, SGD momentum 0.9, weight decay 4e-5, poly lr from 0.1 to 0.001 (power 0.9) over 60 000
 iterations of batch 2, frames at 960x720, augmentation "resize, random horizontal flip and normalize".
 PCMA as in the authors' code (r = 0.25, memory of T = 1 frame), so a clip is 2 consecutive labelled frames:
@@ -26,6 +29,7 @@ from ma_resnet.train_config import base_config
 
 def get_config():
   config = base_config('camvid')
+  config.init_from = 'paddleseg_resnet50_vd_ssld_v2'  # the authors' ImageNet ResNet50-vd (docs/weights.md)
 
   # MA-ResNet50-vd, output stride 8, multi-grid (1, 2, 4), DeepLabV3+ (ASPP 1/12/24/36), PCMA (code preset).
   config.model.pcma.memory_length = 1

@@ -1,15 +1,16 @@
 r"""LERNet + THA on CamVid at 360x480 (paper 004 §4.2), in two stages chained with init_from.
 
-    python train.py --config=configs/lernet_camvid.py:frame --workdir=runs/lernet_camvid \
-        [--config.init_from=runs/lernet_cs]                            # 1. LERNet per frame
+    python train.py --config=configs/lernet_camvid.py:frame --workdir=runs/lernet_camvid   # 1. LERNet per frame
     python train.py --config=configs/lernet_camvid.py:tha --workdir=runs/lernet_tha_camvid \
         --config.init_from=runs/lernet_camvid                          # 2. THA, K = 5
     python eval.py --workdir=runs/lernet_tha_camvid
 
-The paper reuses the LERNet pre-trained on Cityscapes and trains on CamVid train + val at 360x480 (its
-sequences are not continuous across splits); SGD momentum 0.9, weight decay 1e-4, lr 5e-4 (LERNet) / 3e-3 (THA,
-backbone 2e-6), poly 0.9, batch 12, flips, colour jitter (its random translation by 0-2 pixels is not
-implemented here).
+The paper reuses the LERNet pre-trained on Cityscapes (not on ImageNet, §4.2), so stage 1 starts from the run of
+configs/lernet_cityscapes.py:frame (`init_from='runs/lernet_cs'`, the workdir of that config's command; its
+19-class decoder is not taken, `init_from_exclude=('head',)`; `--config.init_from=''` trains from scratch).
+It trains on CamVid train + val at 360x480 (its sequences are not continuous across splits); SGD momentum 0.9,
+weight decay 1e-4, lr 5e-4 (LERNet) / 3e-3 (THA, backbone 2e-6), poly 0.9, batch 12, flips, colour jitter (its
+random translation by 0-2 pixels is not implemented here).
 
 Key frames in video frames. The paper's pairs (key frame, frame g later), g = 1..4, and its K = 5 count frames of
 the 30 fps video. `data.camvid.video_frames='auto'` reads them from `<root>/video_frames`, written once by
@@ -25,6 +26,7 @@ from ma_resnet.models.build import lernet_tha
 from ma_resnet.train_config import base_config
 
 KEY_INTERVAL = 5
+CITYSCAPES_RUN = 'runs/lernet_cs'  # the --workdir of configs/lernet_cityscapes.py:frame's command
 
 
 def get_config(stage: str = 'frame'):
@@ -42,6 +44,8 @@ def get_config(stage: str = 'frame'):
   opt = config.optimizer
   opt.update(name='sgd', momentum=0.9, weight_decay=1e-4, power=0.9, end_lr=0.0, warmup=0)
   if stage == 'frame':
+    config.init_from = CITYSCAPES_RUN  # the paper: the LERNet pre-trained on Cityscapes
+    config.init_from_exclude = ('head',)  # 19 Cityscapes classes -> 11 CamVid classes
     data.clip_length = 1
     opt.lr = 5e-4
   else:

@@ -6,9 +6,11 @@ r"""LERNet + THA on Cityscapes (paper 004 §4.2), in two stages chained with ini
         --config.data.root=/data/cityscapes --config.init_from=runs/lernet_cs   # 2. THA on (key, later) pairs
     python eval.py --workdir=runs/lernet_tha_cs                      # streams the val snippets, K = 5
 
-Stage 1 (`frame`): LERNet with its decoder (1x1 conv, x8 bilinear upsampling) on single labelled frames at
-512x1024 (the 2048x1024 frames at half size), SGD momentum 0.9, weight decay 1e-4, lr 5e-4, poly (power 0.9),
-batch 12, flips, colour jitter (the paper's random translation by 0-2 pixels is not implemented).
+Stage 1 (`frame`), from scratch as in the paper (LERNet is pre-trained on Cityscapes itself, not on ImageNet;
+configs/lernet_camvid.py starts from this run): LERNet with its decoder (1x1 conv, x8 bilinear upsampling) on
+single labelled frames at 512x1024 (the 2048x1024 frames at half size), SGD momentum 0.9, weight decay 1e-4,
+lr 5e-4, poly (power 0.9), batch 12, flips, colour jitter (the paper's random translation by 0-2 pixels is not
+implemented).
 Stage 2 (`tha`): THA with one key frame in K = 5; training pairs (key frame, the labelled frame g = 1..4
 frames later) from the 30-frame snippets (`data.pair_gaps`, `data.labelled_last`); THA at lr 3e-3, the
 backbone and decoder at 2e-6 (`optimizer.lr_multipliers`), the rest as stage 1.

@@ -1,7 +1,6 @@
 r"""STF + MAR on CamVid (the SegNet release), the Cityscapes recipe of the authors (configs/stf_cityscapes.py).
 
-    python train.py --config=configs/stf_camvid.py:pspnet --workdir=runs/stf_camvid_pspnet \
-        --config.init_from=/path/to/converted_resnet50_v1c
+    python train.py --config=configs/stf_camvid.py:pspnet --workdir=runs/stf_camvid_pspnet
     python train.py --config=configs/stf_camvid.py:stf --workdir=runs/stf_camvid_stf \
         --config.init_from=runs/stf_camvid_pspnet
     python -m ma_resnet.mar_memory --workdir=runs/stf_camvid_stf --out=runs/stf_camvid_memory
@@ -9,7 +8,8 @@ r"""STF + MAR on CamVid (the SegNet release), the Cityscapes recipe of the autho
         --config.init_from=runs/stf_camvid_stf --config.model.stf.memory_init=runs/stf_camvid_memory
     python eval.py --workdir=runs/stf_camvid_mar
 
-Stages as configs/stf_cityscapes.py: 'pspnet' (per-frame PSPNet R50-D8, mmseg schedule, auxiliary FCN),
+Stages as configs/stf_cityscapes.py: 'pspnet' (per-frame PSPNet R50-D8, mmseg schedule, auxiliary FCN, from mmcv's
+ImageNet ResNetV1c-50: `init_from='mmcv_resnet50_v1c'`, docs/weights.md; `--config.init_from=''`: from scratch),
 'stf' (frozen extractor, STF + a new classifier, AdamW 1e-5, weight decay 1e-4, gradient clipping 0.1),
 'mar' (STF fixed, MAR + a new classifier, the memory from `python -m ma_resnet.mar_memory`). Default 'stf'.
 
@@ -50,6 +50,7 @@ def get_config(stage: str = 'stf'):
   config.keep_checkpoints = 3
   config.log_every = 50
   if stage == 'pspnet':
+    config.init_from = 'mmcv_resnet50_v1c'  # the authors' ImageNet ResNetV1c-50 (docs/weights.md)
     pspnet_r50_d8(config.model)
     config.aux_loss_weight = 0.4
     mmseg_schedule(config, num_steps=40_000)

@@ -2,7 +2,7 @@ r"""STF + MAR on Cityscapes, the authors' staged recipe (`jfzhuang/ST_Memory`, P
 
     # 1. the per-frame PSPNet R50-D8 (mmseg's pspnet_r50-d8, 80k iterations), from ImageNet ResNetV1c-50
     python train.py --config=configs/stf_cityscapes.py:pspnet --workdir=runs/stf_cityscapes_pspnet \
-        --config.data.root=/data/cityscapes --config.init_from=/path/to/converted_resnet50_v1c
+        --config.data.root=/data/cityscapes
     # 2. STF + a new classifier on the frozen PSPNet
     python train.py --config=configs/stf_cityscapes.py:stf --workdir=runs/stf_cityscapes_stf \
         --config.data.root=/data/cityscapes --config.init_from=runs/stf_cityscapes_pspnet
@@ -19,7 +19,10 @@ Stages (`--config=configs/stf_cityscapes.py:<stage>`; default 'stf'):
           output stride 8), PSP bottleneck 512 on stage 4 (the 'pspnet' backbone's map 'psp'), Dropout2d 0.1 +
           conv_seg (the classifier head on 'psp'), auxiliary FCN on stage 3 (weight 0.4); mmseg's schedule_80k
           (SGD 0.01, momentum 0.9, weight decay 5e-4, poly to 1e-4), 512x1024 crops of frames scaled 0.5-2.0,
-          flips, batch 8 (2 per GPU x 4), single labelled frames (the 20th of each snippet).
+          flips, batch 8 (2 per GPU x 4), single labelled frames (the 20th of each snippet). Initialisation:
+          mmcv's ImageNet ResNetV1c-50 as the authors (`init_from='mmcv_resnet50_v1c'`, a catalogue entry fetched
+          and converted on first use, docs/weights.md; the PSP module starts from its initialisers);
+          `--config.init_from=''` trains from scratch.
   stf     `models.build.stf_pspnet50` without MAR: the extractor frozen (`model.frozen=('backbone',)`: eval mode,
           no gradient, never updated; the authors' `torch.no_grad()` + `pspnet.eval()`), STF and a new classifier
           (the authors delete conv_seg: `init_from_exclude=('head',)`) trained with AdamW lr 1e-5 (constant: the
@@ -33,6 +36,8 @@ Stages (`--config=configs/stf_cityscapes.py:<stage>`; default 'stf'):
           `model.stf.memory_init` (default runs/stf_cityscapes_memory, the --out of step 3; training refuses to
           start without it). The authors do not release this stage's training script: the optimizer and
           schedule are the STF stage's (an assumption).
+The stf and mar stages start from the previous stage's run (`--config.init_from=RUN`, required: they freeze modules
+that must come from it; the run must be finished and trained on the same dataset).
 Evaluation: whole 1024x2048 frames (features 128x256, the embeddings' stored size), each snippet streamed as
 3 frames: the labelled frame's output uses its real neighbours (the model is non-causal, one frame of delay:
 the evaluator pairs each output with its frame and flushes the last one).
@@ -62,6 +67,7 @@ def get_config(stage: str = 'stf'):
   config.keep_checkpoints = 3
   config.log_every = 50
   if stage == 'pspnet':
+    config.init_from = 'mmcv_resnet50_v1c'  # the authors' ImageNet ResNetV1c-50 (docs/weights.md)
     pspnet_r50_d8(config.model)
     config.aux_loss_weight = 0.4
     mmseg_schedule(config, num_steps=80_000)

@@ -1,7 +1,6 @@
 r"""TMANet on CamVid, the authors' recipe (`tmanet_r50-d8_640x640_80k_camvid_video.py`), on the SegNet release.
 
-    python train.py --config=configs/tmanet_camvid.py --workdir=runs/tmanet_camvid \
-        --config.init_from=/path/to/converted_resnet50_v1c
+    python train.py --config=configs/tmanet_camvid.py --workdir=runs/tmanet_camvid
     python eval.py --workdir=runs/tmanet_camvid
 
 Model: the authors' TMANet R50-D8 (`models.build.tmanet_r50_d8`) with T = 4 memory frames, key 64 / value
@@ -9,6 +8,10 @@ Model: the authors' TMANet R50-D8 (`models.build.tmanet_r50_d8`) with T = 4 memo
 Training: mmseg's schedule_80k (SGD 0.01, momentum 0.9, weight decay 5e-4, poly to 1e-4 over 80 000
 iterations); frames scaled by 0.5-2.0 around 960x720, 640x640 crops, flips, photometric jitter, ImageNet
 normalisation.
+
+Initialisation: mmcv's ImageNet ResNetV1c-50, as the authors (`init_from='mmcv_resnet50_v1c'`, a catalogue entry
+downloaded, checked and converted on first use into $MA_RESNET_CACHE, docs/weights.md); `--config.init_from=''`
+trains from scratch.
 
 What differs with the data here (`../shared/data/camvid`, the SegNet release):
 - Memory frames. The authors extract every frame of CamVid's 30 fps videos and give the model frames t-4 ..
@@ -39,6 +42,7 @@ MEMORY_LENGTH = 4
 
 def get_config():
   config = base_config('camvid')
+  config.init_from = 'mmcv_resnet50_v1c'  # the authors' ImageNet ResNetV1c-50 (docs/weights.md)
   tmanet_r50_d8(config.model, memory_length=MEMORY_LENGTH, align_corners=False)
   config.aux_loss_weight = 0.4
   config.loss_on_warmup_frames = False

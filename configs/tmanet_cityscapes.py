@@ -1,7 +1,7 @@
 r"""TMANet on Cityscapes, the authors' recipe (`tmanet_r50-d8_769x769_80k_cityscapes_video.py`).
 
     python train.py --config=configs/tmanet_cityscapes.py --workdir=runs/tmanet_cityscapes \
-        --config.data.root=/data/cityscapes --config.init_from=/path/to/converted_resnet50_v1c
+        --config.data.root=/data/cityscapes
     python eval.py --workdir=runs/tmanet_cityscapes
 
 Model (`models.build.tmanet_r50_d8`, also behind `convert.tmanet.load_reference`): ResNetV1c-50 (deep stem,
@@ -11,6 +11,10 @@ weight 0.4); logits resized with align_corners=True. Training: SGD momentum 0.9,
 parameter, poly lr 0.01 -> 1e-4 (power 0.9) over 80 000 iterations; frames resized by 0.5-2.0 around
 2048x1024, 769x769 crops, flips, photometric distortion (here: brightness/contrast/saturation jitter),
 normalised with the ImageNet statistics; cross-entropy with 255 ignored.
+
+Initialisation: mmcv's ImageNet ResNetV1c-50, as the authors (`init_from='mmcv_resnet50_v1c'`, a catalogue entry
+downloaded, checked and converted on first use into $MA_RESNET_CACHE, docs/weights.md); `--config.init_from=''`
+trains from scratch.
 
 Data: `leftImg8bit_sequence` + `gtFine` (`labelTrainIds`) under data.root; each snippet is read as the frames
 n-2, n-1, n around its labelled frame n (the 20th of the 30-frame snippet): `data.cityscapes.frames_before`
@@ -26,7 +30,7 @@ Differences from the authors' run:
   separate backbone calls.
 - Evaluation: whole frames at 1024x2048 (the authors slide 769x769 windows with stride 513 and average the
   overlapping logits); `--config.data.eval_size=512,1024` halves the cost.
-- The ImageNet initialisation is mmcv's `resnet50_v1c` (init_from a converted copy); the paper's crop is 768.
+- Crops of 769x769, as the released config (the paper says 768).
 - The paper's ablations use output stride 16 and T = 4; the released config (this one) uses 8 and T = 2.
 """
 from ma_resnet.data.pipeline import IMAGENET_MEAN, IMAGENET_STD
@@ -38,6 +42,7 @@ MEMORY_LENGTH = 2
 
 def get_config():
   config = base_config('cityscapes')
+  config.init_from = 'mmcv_resnet50_v1c'  # the authors' ImageNet ResNetV1c-50 (docs/weights.md)
   tmanet_r50_d8(config.model, memory_length=MEMORY_LENGTH, align_corners=True)
   config.aux_loss_weight = 0.4
   mmseg_schedule(config, num_steps=80_000)

@@ -5,8 +5,8 @@
 It sits above `ma_resnet.training` (state, optimizer, loss, the pure `train_step`) and `ma_resnet.evaluation`
 (the streaming `Evaluator`), which do not import each other, and decides when to log, validate and save.
 Order of events, so that a bad input never touches the workdir: config check, datasets opened, model built,
-an existing checkpoint checked against the model, `init_from` loaded; only then are config.json, logs and
-checkpoints written.
+an existing checkpoint checked against the model, `init_from` checked and read (`checkpoints.prepare_warm_start`,
+before the new state is made) and copied in; only then are config.json, logs and checkpoints written.
 """
 from __future__ import annotations
 
@@ -163,16 +163,12 @@ def _train_and_evaluate(config, workdir: str, start_time: float, progress: bool,
     logging_utils.console(f'Resumed from {ckpt.step_path(latest)} (step {int(state.step)})')
     resumed_from = int(state.step)
   else:
+    # config.init_from: checked, fetched and read before the state is made (errors come before compiling)
+    warm_start = checkpoints_lib.prepare_warm_start(config, abstract_state, progress=progress)
     state = create_train_state(config, model, tx, init_rng, mesh)
-    if config.init_from and checkpoints_lib.is_converted(config.init_from):
-      state = checkpoints_lib.load_pretrained_encoder(state, config.init_from, config.model, mesh)
-      logging_utils.console(f'Encoder initialised from {config.init_from}')
-    elif config.init_from:
-      state, report = checkpoints_lib.init_from_run(state, config.init_from, mesh,
-                                                    exclude=tuple(config.get('init_from_exclude') or ()))
-      new = sorted({'/'.join(k.split('/')[:3]) for k in report['new']})
-      logging_utils.console(f'Initialised {len(report["loaded"])} variables from {config.init_from}; new: '
-                            f'{", ".join(new) if new else "none"}')
+    if warm_start is not None:
+      state, copied = warm_start.apply(state, mesh)
+      logging_utils.console(copied)
     resumed_from = 0
 
   # From here on the workdir is written.

@@ -39,10 +39,22 @@ Fields
                          left out, only constant predictions that equal the ground truth count)
   checkpoint_every       steps between checkpoints (and one at the end)
   keep_checkpoints       latest checkpoints kept (the best one by validation mIoU is kept in addition)
-  init_from              '' | the folder of a converted torchvision ResNet (`python -m ma_resnet.convert ...`): its
-                         variables become the encoder (`backbone`) | a previous train.py run (its folder, or a
-                         step folder): every variable it shares with this model (same path and shape) is taken
-                         from its best checkpoint, the others keep their initial values (staged recipes)
+  init_from              where a new run's variables start from (docs/weights.md; `weights.InitFrom` lists the
+                         forms), applied when training starts (not on a resume):
+                           ''  the initialisers' values (from scratch)
+                           NAME  a catalogue entry (python -m ma_resnet.weights list): ImageNet weights downloaded
+                             and converted once into $MA_RESNET_CACHE (~/.cache/ma_resnet); the encoder's ResNet
+                           FILE.pth | .pt | .bin | .safetensors | .pdparams, or FRAMEWORK:FILE (torchvision,
+                             timm, mmcv, paddle)  ImageNet weights of that framework, converted once into the cache
+                           DIR  a converted ResNet (python -m ma_resnet.convert), or a train.py run (its folder: its
+                             best checkpoint, the run finished; or a step folder): every variable it shares with
+                             this model (same path and shape) is taken, the others keep their initial values
+                             (staged recipes); a per-frame run (temporal 'plain') starts any system of its
+                             backbone, a run of another system, depth or variant is refused
+                           tmanet:FILE | stf_mar:FILE | ma_resnet50:FILE  the authors' trained TMANet, STF + MAR,
+                             MA-ResNet50 (as DIR)
+                         Every module the config freezes (model.frozen, optimizer.frozen) must come from it, from a
+                         run on the same dataset.
   init_from_exclude      variable path prefixes a previous run must not provide (e.g. ('head',): the classifier
                          starts anew, as in the STF recipe); matched against params/... and batch_stats/... paths
   compute_dtype          'float32' | 'bfloat16' (parameters, optimizer state and the loss stay float32)
@@ -217,6 +229,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   need(config.data.clip_length >= 1, f'data.clip_length must be >= 1, got {config.data.clip_length}')
   from ma_resnet.models.build import validate_model_config
   validate_model_config(config.model)
+  from ma_resnet.weights import check_init_from
+  check_init_from(config)  # a catalogue entry of the model's architecture (no file read, no request)
   _validate_mar_memory(config)
 
 
