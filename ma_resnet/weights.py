@@ -465,8 +465,8 @@ def _state_dict_keys(path: str) -> list[str]:
     from safetensors import safe_open
     with safe_open(path, framework='numpy') as f:
       return list(f.keys())
-  from ma_resnet.convert.torchvision import load_state_dict
-  return [k for k in load_state_dict(path) if isinstance(k, str)]
+  from ma_resnet.convert.weight_files import state_dict_of
+  return [k for k in state_dict_of(path)[0] if isinstance(k, str)]
 
 
 def detect_framework(path: str) -> str:

@@ -45,7 +45,7 @@ def assert_converted_from(path: str, state_dict) -> None:
 def test_builtin_entries_are_complete_and_consistent(monkeypatch):
   monkeypatch.delenv(weights.CATALOGUE_ENV, raising=False)
   from ma_resnet.convert import FRAMEWORKS
-  assert weights.FRAMEWORKS == FRAMEWORKS
+  assert weights.FRAMEWORKS == tuple(FRAMEWORKS)
   entries = weights.catalogue()
   assert len(entries) == len(weights.CATALOGUE) >= 7
   for entry in entries.values():
