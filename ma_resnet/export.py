@@ -137,18 +137,23 @@ def leaf_paths(tree) -> list[str]:
   return ['/'.join(_key_name(k) for k in path) for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
-def as_nested_dict(tree) -> dict:
-  """The leaves of any pytree (NamedTuples, dicts) in nested dicts keyed by their path: a tree that
-  `jax.export` serializes without the classes of this package."""
-  import jax
+def _nest(pairs) -> dict:
+  """{'a/b': x, 'a/c': y} items -> {'a': {'b': x, 'c': y}}."""
   nested: dict = {}
-  for path, leaf in zip(leaf_paths(tree), jax.tree_util.tree_leaves(tree)):
+  for path, leaf in pairs:
     *parents, name = path.split('/')
     node = nested
     for parent in parents:
       node = node.setdefault(parent, {})
     node[name] = leaf
   return nested
+
+
+def as_nested_dict(tree) -> dict:
+  """The leaves of any pytree (NamedTuples, dicts) in nested dicts keyed by their path: a tree that
+  `jax.export` serializes without the classes of this package."""
+  import jax
+  return _nest(zip(leaf_paths(tree), jax.tree_util.tree_leaves(tree)))
 
 
 def from_nested_dict(nested: dict, like) -> Any:
@@ -167,17 +172,6 @@ def flat_weights(variables) -> dict[str, np.ndarray]:
   """{'params/backbone/stem/...': array}: the variables as the flat dict weights.npz stores."""
   import jax
   return {path: np.asarray(leaf) for path, leaf in zip(leaf_paths(variables), jax.tree_util.tree_leaves(variables))}
-
-
-def _unflatten_weights(weights: dict) -> dict:
-  nested: dict = {}
-  for path, leaf in weights.items():
-    *parents, name = path.split('/')
-    node = nested
-    for parent in parents:
-      node = node.setdefault(parent, {})
-    node[name] = leaf
-  return nested
 
 
 def _spec_tree(tree) -> dict:
@@ -204,8 +198,9 @@ class StreamingFunctions:
 
 def streaming_functions(model, *, frame_size: tuple[int, int], model_size: tuple[int, int], mean: Sequence[float],
                         std: Sequence[float], normalize: bool = True) -> StreamingFunctions:
-  """The exported computation of `model` (a `VideoSegmenter`) for frames of `frame_size` seen at `model_size`:
-  the resize, the normalisation of `data.normalize_images` and `inference.segment_frames`, one jit each."""
+  """The exported computation of `model` (a `VideoSegmenter`) for uint8 frames of `frame_size` seen at
+  `model_size`: Pillow's resize (`resize_uint8`), `data.normalize_images`, the model's `step` (or `flush`), the
+  logits resized back to `frame_size` (`inference.segment_frames`), their arg-max."""
   import jax
   import jax.numpy as jnp
   from ma_resnet.data import normalize_images
@@ -235,7 +230,7 @@ def streaming_functions(model, *, frame_size: tuple[int, int], model_size: tuple
     return as_nested_dict(memory)
 
   def step(weights, frames, state, reset):
-    out = model.apply(_unflatten_weights(weights), prepare(frames), from_nested_dict(state, like), reset,
+    out = model.apply(_nest(weights.items()), prepare(frames), from_nested_dict(state, like), reset,
                       method=model.step)
     return outputs(out), as_nested_dict(out.memory)
 
@@ -243,7 +238,7 @@ def streaming_functions(model, *, frame_size: tuple[int, int], model_size: tuple
     memory = from_nested_dict(state, like)
     batch = jax.tree_util.tree_leaves(memory)[0].shape[0]
     frame = jnp.zeros((batch,) + model_size + (3,), jnp.float32)  # only gives the size (`VideoSegmenter.flush`)
-    return outputs(model.apply(_unflatten_weights(weights), frame, memory, method=model.flush))
+    return outputs(model.apply(_nest(weights.items()), frame, memory, method=model.flush))
 
   return StreamingFunctions(init=init, step=step, flush=flush if model.delay else None, frame_size=frame_size,
                             model_size=model_size)

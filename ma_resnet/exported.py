@@ -265,6 +265,14 @@ def png_bytes(labels: np.ndarray, palette: np.ndarray) -> bytes:
           + chunk(b'PLTE', table.tobytes()) + chunk(b'IDAT', data) + chunk(b'IEND', b''))
 
 
+def _imageio_ffmpeg():
+  try:
+    import imageio_ffmpeg
+  except ImportError:
+    raise InputError('video files need imageio-ffmpeg (pip install imageio-ffmpeg)') from None
+  return imageio_ffmpeg
+
+
 def _natural_key(name: str):
   return [int(part) if part.isdigit() else part.lower() for part in re.split(r'(\d+)', name)]
 
@@ -294,7 +302,7 @@ class VideoInput:
     self.kind = 'video'
     if os.path.getsize(self.path) == 0:
       raise InputError(f'cannot read video {self.path}: the file is empty')
-    import imageio_ffmpeg
+    imageio_ffmpeg = _imageio_ffmpeg()
     header = imageio_ffmpeg.read_frames(self.path)
     try:
       meta = next(header)
@@ -329,7 +337,7 @@ class VideoInput:
                            f'first image is {self.size[0]}x{self.size[1]}: all frames must have one size')
         yield frame
       return
-    import imageio_ffmpeg
+    imageio_ffmpeg = _imageio_ffmpeg()
     frame_bytes = self.size[0] * self.size[1] * 3
     with tempfile.TemporaryFile() as log:
       process = subprocess.Popen(
@@ -365,7 +373,7 @@ class VideoOutput:
   or lossless H.264 RGB), renamed onto `path` by `commit()`."""
 
   def __init__(self, path: str, size: tuple[int, int], fps: float, lossless: bool):
-    import imageio_ffmpeg
+    imageio_ffmpeg = _imageio_ffmpeg()
     self.path = os.path.abspath(path)
     ext = os.path.splitext(self.path)[1].lower()
     fd, self.tmp = tempfile.mkstemp(prefix=f'.{os.path.basename(self.path)}.partial-', suffix=ext,
@@ -443,14 +451,14 @@ def predict(stream: Stream, video: str, out: str, *, labels_dir: str | None = No
                      f'{stream.frame_shape[0]}x{stream.frame_shape[1]} (export it again with --frame-size='
                      f'{reader.size[0]},{reader.size[1]})')
   out_fps = float(fps or reader.fps or DEFAULT_FPS)
-  labels_tmp = None
-  if labels_dir:
-    labels_dir = os.path.abspath(labels_dir)
-    labels_tmp = tempfile.mkdtemp(prefix=f'.{os.path.basename(labels_dir)}.partial-',
-                                  dir=os.path.dirname(labels_dir))
-  writer = VideoOutput(out, reader.size, out_fps, lossless)
+  labels_tmp = writer = None
   enhanced, start, first_done = [], time.time(), None
   try:
+    if labels_dir:
+      labels_dir = os.path.abspath(labels_dir)
+      labels_tmp = tempfile.mkdtemp(prefix=f'.{os.path.basename(labels_dir)}.partial-',
+                                    dir=os.path.dirname(labels_dir))
+    writer = VideoOutput(out, reader.size, out_fps, lossless)
     for index, frame, result in segment(stream, reader):
       writer.write(overlay(frame, result.labels, stream.palette, alpha))
       if labels_tmp:
@@ -468,7 +476,8 @@ def predict(stream: Stream, video: str, out: str, *, labels_dir: str | None = No
         os.rmdir(labels_dir)  # empty (checked): a folder that filled up meanwhile makes this fail
       os.replace(labels_tmp, labels_dir)
   except BaseException:
-    writer.abort()
+    if writer is not None:
+      writer.abort()
     if labels_tmp and os.path.isdir(labels_tmp):
       shutil.rmtree(labels_tmp, ignore_errors=True)
     raise
