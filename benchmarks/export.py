@@ -2,6 +2,7 @@
 
     python benchmarks/export.py                                  # the five systems of the synthetic configs
     python benchmarks/export.py --systems pcma stf --frames 20 --rounds 5
+    python benchmarks/export.py --systems stf --batch 1        # a fixed batch instead of the symbolic one
 
 Each system is the model of its synthetic config (`configs/synthetic.py` with model.temporal = plain, pcma,
 tma; `configs/stf_synthetic.py:mar`; `configs/lernet_synthetic.py:tha`) at the config's frame size, with
@@ -49,7 +50,7 @@ def _system(name):
   return config, model, size
 
 
-def _runners(name, folder):
+def _runners(name, folder, batch=None):
   """(description, {'jit': run, 'export': run}) where run(frames) -> seconds per frame."""
   import ma_resnet.exported as runner
   config, model, size = _system(name)
@@ -58,7 +59,7 @@ def _runners(name, folder):
   start = time.perf_counter()
   manifest = export.export_model(model, variables, folder, frame_size=size, model_size=size, mean=settings.mean,
                                  std=settings.std, normalize=settings.normalize,
-                                 class_names=settings.class_names, palette=settings.palette)
+                                 class_names=settings.class_names, palette=settings.palette, batch=batch)
   export_seconds = time.perf_counter() - start
   megabytes = sum(f['bytes'] for f in manifest['files'].values()) / 1e6
   frame = np.random.default_rng(0).integers(0, 256, size + (3,), np.uint8)
@@ -130,16 +131,17 @@ def main():
   parser.add_argument('--systems', nargs='+', default=list(SYSTEMS), choices=list(SYSTEMS))
   parser.add_argument('--frames', type=int, default=10, help='frames per round and way')
   parser.add_argument('--rounds', type=int, default=5)
+  parser.add_argument('--batch', type=int, default=None, help='export with this fixed batch (default: symbolic)')
   args = parser.parse_args()
   print(f'# frames/s, batch 1, streaming; jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} '
         f'CPUs, load average {os.getloadavg()[0]:.1f}; medians of {args.rounds} interleaved rounds of {args.frames} '
-        'frames')
+        f'frames; exported batch {args.batch or "symbolic"}')
   parity_lines = []
   print(f'{"system":<7} {"jit model.step":>15} {"exported step":>14} {"runner":>8} {"export / jit":>13} '
         f'{"runner / jit":>13}   model')
   with tempfile.TemporaryDirectory() as root:
     for name in args.systems:
-      what, parity, runs = _runners(name, os.path.join(root, name))
+      what, parity, runs = _runners(name, os.path.join(root, name), args.batch)
       parity_lines.append(f'{name:<7} {parity[0]:17.1e} {parity[1]:20d}')
       times = {way: [] for way in runs}
       for _ in range(args.rounds):
