@@ -98,6 +98,10 @@ class DNLHead(nn.Module):
   dtype: Any = jnp.float32
   precision: Any = None
 
+  def stages_read(self) -> tuple[str, ...]:
+    """The maps this head reads."""
+    return (self.in_stage,)
+
   @nn.compact
   def __call__(self, features: dict, train: bool = False):
     x = features[self.in_stage]

@@ -76,6 +76,10 @@ class FCNHead(nn.Module):
   dtype: Any = jnp.float32
   precision: Any = None
 
+  def stages_read(self) -> tuple[str, ...]:
+    """The maps this head reads."""
+    return (self.in_stage,)
+
   @nn.compact
   def __call__(self, features: dict, train: bool = False):
     if self.num_convs < 1:
@@ -103,6 +107,10 @@ class ClassifierHead(nn.Module):
   in_stage: str = 'stage4'
   dtype: Any = jnp.float32
   precision: Any = None
+
+  def stages_read(self) -> tuple[str, ...]:
+    """The maps this head reads."""
+    return (self.in_stage,)
 
   @nn.compact
   def __call__(self, features: dict, train: bool = False):
