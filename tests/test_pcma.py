@@ -189,6 +189,29 @@ def test_feed_forward_streams_and_changes_later_stages():
   assert float(jnp.abs(fed.stage_features['stage4'][:, 2] - plain_path.stage_features['stage4'][:, 2]).max()) > 1e-4
 
 
+def test_feed_forward_keeps_the_frozen_backbone_frozen():
+  """model.frozen on the interleaved path (feed_forward): a train-mode apply leaves the frozen backbone's batch
+  statistics as they were and gives its parameters no gradient, while PCMA still trains (its statistics move,
+  its parameters get a gradient). Before the fix the interleaved path ignored `frozen`."""
+  config = tiny_config(feed_forward=True)
+  config.frozen = ('backbone',)
+  model = build(config, num_classes=5)
+  variables = tiny_variables()
+
+  def loss(params):
+    out, updates = model.apply({'params': params, 'batch_stats': variables['batch_stats']}, clip(), train=True,
+                               mutable=['batch_stats'], rngs={'dropout': jax.random.key(2)})
+    return jnp.mean(jnp.square(out.logits)), updates
+
+  grads, updates = jax.jit(jax.grad(loss, has_aux=True))(variables['params'])
+  moved = lambda before, after: [float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(before),
+                                                                           jax.tree.leaves(after))]
+  assert max(moved(variables['batch_stats']['backbone'], updates['batch_stats']['backbone'])) == 0.0
+  assert max(moved(variables['batch_stats']['temporal'], updates['batch_stats']['temporal'])) > 0.0
+  assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grads['backbone']))
+  assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads['temporal'])) > 0.0
+
+
 def test_bad_options_are_refused():
   with pytest.raises(ValueError, match='key_norm'):
     PCMAOptions(key_norm='cosine')
