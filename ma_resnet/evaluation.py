@@ -8,8 +8,8 @@ sequences g, g + lanes, g + 2 lanes, ...). Each step calls the jitted `model.ste
 is the frame's `sequence_start`, so a lane's memory is cleared whenever it starts a new sequence, exactly as
 when one sequence is played alone. A lane that has run out of frames is fed a blank, unscored frame.
 `streaming.FrameStream` pairs every prediction with its own frame (and label), also for a model that returns it
-steps later (STF needs the next frame). With several devices the lanes are split over them (the memory too); with several processes each process reads and
-scores its own lanes.
+steps later (STF needs the next frame). With several devices the lanes are split over them (the memory too);
+with several processes each process reads and scores its own lanes.
 
 Scoring. The arg-max predictions come back to the host, and for every labelled frame the confusion matrix
 (ground truth x prediction, int64, classes 0..K-1, label 255 excluded) is accumulated with numpy. From it:

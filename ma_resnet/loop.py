@@ -99,15 +99,15 @@ def _finished_result(workdir: str, step: int) -> TrainResult | None:
 
 
 def _batch_size_changed(ckpt, step: int, config, allow_new_batch_size: bool) -> bool:
-  """Whether the run at `step` was trained with another batch_size; ValueError unless that is allowed."""
+  """Whether the run at `step` was trained with another batch_size; ConfigError unless that is allowed."""
   stored = ckpt.stored_config_or_none(step)
   before, now = (stored or {}).get('batch_size'), int(config.batch_size)
   if before is None or int(before) == now:
     return False
   if not allow_new_batch_size:
     raise ConfigError(f'invalid config: batch_size is {now} but the run in {ckpt.directory} was trained with '
-                     f'{before} (the step count and the learning-rate schedule would mean something else); '
-                     'resume with the same batch_size, or pass --allow_new_batch_size to resume with this one')
+                      f'{before} (the step count and the learning-rate schedule would mean something else); '
+                      'resume with the same batch_size, or pass --allow_new_batch_size to resume with this one')
   logging_utils.console(f'batch_size changed from {before} to {now}: the training data order starts again')
   return True
 

@@ -177,7 +177,8 @@ def stf_mar_stage(config: ml_collections.ConfigDict, stage: str, memory_init: st
 
 
 def validate(config: ml_collections.ConfigDict, eval_frame_size: tuple[int, int] | None = None) -> None:
-  """Raises ConfigError naming the field when a value is out of range (before anything is written); builds no model.
+  """Raises ConfigError naming the field when a value is out of range (before anything is written); builds no
+  model.
 
   Frame sizes: the model must take every size the run uses: `data.crop_size`, and the evaluation frames
   (`data.eval_size`, else `eval_frame_size`: the evaluation split's native size, which the caller reads from the
@@ -216,11 +217,14 @@ def validate(config: ml_collections.ConfigDict, eval_frame_size: tuple[int, int]
   need(data.get('source', 'folder') == 'folder' or data.get('tfds_data_dir'),
        "data.source='tfds' needs data.tfds_data_dir (prepare it with ma_resnet.data.tfds_builders)")
   need(data.clip_length >= 1, f'data.clip_length must be >= 1, got {data.clip_length}')
-  need(data.get('clip_start_stride', 1) >= 1, f'data.clip_start_stride must be >= 1, got {data.get("clip_start_stride")}')
+  stride = data.get('clip_start_stride', 1)
+  need(stride >= 1, f'data.clip_start_stride must be >= 1, got {stride}')
   gaps = tuple(data.get('pair_gaps') or ())
   need(not gaps or (data.clip_length == 2 and min(gaps) >= 1),
        f'data.pair_gaps {gaps} need data.clip_length 2 and gaps >= 1 (got clip_length {data.clip_length})')
-  sizes = [('data.crop_size', data.crop_size)] + ([('data.eval_size', data.eval_size)] if data.get('eval_size') else [])
+  sizes = [('data.crop_size', data.crop_size)]
+  if data.get('eval_size'):
+    sizes.append(('data.eval_size', data.eval_size))
   for field, size in sizes:
     need(len(tuple(size)) == 2 and min(int(s) for s in size) >= 1,
          f'{field} must be two positive sizes (height, width), got {size}')

@@ -51,9 +51,9 @@ def head_factory(name: str, head_class, **fixed) -> Callable[..., Any]:
     if unknown:
       raise ConfigError(
           f'invalid config: model.head_options has option(s) {unknown} that the {name!r} head does not take; '
-          f'its options are {list(allowed)}. head_options must hold the options of the chosen head only (the default config '
-          f"holds 'aspp_rates', which is deeplabv3plus's): set model.head_options to {{}} or to this head's "
-          'options.')
+          f'its options are {list(allowed)}. head_options must hold the options of the chosen head only (the '
+          f"default config holds 'aspp_rates', which is deeplabv3plus's): set model.head_options to {{}} or to "
+          "this head's options.")
     options = {k: tuple(v) if isinstance(v, list) else v for k, v in {**fixed, **options}.items()}
     return head_class(num_classes, dtype=dtype, precision=precision, **options)
 
