@@ -4,24 +4,17 @@ r"""Every speed figure of the project in one run: one JSON line per figure, then
     python benchmarks/suite.py --size 256,384 --budget 3000     # this 2-core CPU (the README table)
     python benchmarks/suite.py --only attention                 # PCMA's attention alone, dense vs chunked
 
-On a GPU machine (jax with CUDA, flax, optax, orbax, torch, torchvision; ml_collections and grain may be
-absent), from the repository root:
+On a GPU machine, from the repository root (order: attention, step (+ torchvision, precision), training step,
+clip apply; each compile is 30-100 s on a GPU, so a short budget names the systems; the targets are MA vs plain
+vs torchvision):
 
-    # before the run, here: carry ml_collections (pure Python) with the working tree
-    ML=$(python -c 'import ml_collections, os; print(os.path.dirname(ml_collections.__file__))')
-    mkdir -p .carry && cp -r "$ML" .carry/
-    # there (the `.carry` folder travels; the suite puts it on sys.path). Order: attention, step (+ torchvision,
-    # precision), training step, clip apply; each compile is 30-100 s on a GPU, so a short budget names the
-    # systems (the targets are MA vs plain vs torchvision):
     python benchmarks/suite.py --size 720,960 --budget 540 --systems plain,pcma
 
 Dependencies: jax, flax, numpy, absl (orbax brings it); torch + torchvision for the torchvision figures (they are
-skipped, with the reason, without them). ml_collections only for the training figures (configs/camvid.py and
-`ma_resnet.training` are ConfigDicts): carried as above (`<repo>/.carry` is put on sys.path when it exists);
-without it those figures are skipped with the reason and every other figure still runs (models are built from
-plain dicts, `build.default_model_options()`). grain is imported by `ma_resnet.data` at import time but no
-figure runs a data pipeline: when it is not installed, the suite registers an inert stand-in module so that the
-import succeeds (anything of it that would run raises).
+skipped, with the reason, without them). The training figures read configs/camvid.py, whose config comes from
+`ma_resnet.train_config` (ml_collections, and grain through `ma_resnet.data`): without those packages they are
+skipped with the reason and every other figure still runs (models are built from plain dicts,
+`build.default_model_options()`).
 
 Figures (one JSON line each: "figure" is the name, then its numbers; batch 1 unless said, random weights):
   attention/<impl>/<dtype>        PCMA's attention alone (`temporal.pcma.attend`: read-out of one frame) at the
@@ -56,13 +49,12 @@ import math
 import os
 import sys
 import time
-import types
 from typing import Any, Callable
 
 os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')  # leave GPU memory to torch as well
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-for path in (REPO, os.path.join(REPO, '.carry'), os.path.join(REPO, 'tests')):
+for path in (REPO, os.path.join(REPO, 'tests')):
   if os.path.isdir(path) and path not in sys.path:
     sys.path.insert(0 if path == REPO else len(sys.path), path)
 
@@ -251,35 +243,6 @@ class ClipRunner:
 # Training step of configs/camvid.py (needs ml_collections).
 
 
-def _install_grain_stand_in():
-  """`ma_resnet.data.pipeline` subclasses grain's transforms at import; no figure runs a pipeline. Without grain,
-  an inert stand-in lets the import succeed (using any of it raises)."""
-  if importlib.util.find_spec('grain') is not None:
-    return
-  import abc
-
-  class Missing:
-    def __init__(self, name):
-      self._name = name
-
-    def __getattr__(self, attr):
-      return Missing(f'{self._name}.{attr}')
-
-    def __call__(self, *args, **kwargs):
-      raise ImportError(f'{self._name}: grain is not installed (benchmarks/suite.py stand-in)')
-
-  grain = types.ModuleType('grain')
-  grain.transforms = types.SimpleNamespace(
-      Map=type('Map', (abc.ABC,), {}), RandomMap=type('RandomMap', (abc.ABC,), {}),
-      Batch=Missing('grain.transforms.Batch'))
-  def attribute(attr):
-    if attr.startswith('__'):  # module introspection (__file__, __path__, ...) sees a plain module
-      raise AttributeError(attr)
-    return Missing(f'grain.{attr}')
-  grain.__getattr__ = attribute
-  sys.modules['grain'] = grain
-
-
 def camvid_config(system: str, dtype: str, size, smoke: bool):
   """configs/camvid.py with model.temporal = `system`, compute dtype, crop `size` (2 clips x 2 frames)."""
   spec = importlib.util.spec_from_file_location('_suite_camvid_config', os.path.join(REPO, 'configs', 'camvid.py'))
@@ -301,10 +264,10 @@ class TrainRunner:
   """The jitted training step of `ma_resnet.training` on random batches of the config's shape."""
 
   def __init__(self, system: str, dtype: str, size, smoke: bool):
-    if importlib.util.find_spec('ml_collections') is None:
-      raise ModuleNotFoundError('ml_collections is not installed: configs/camvid.py and ma_resnet.training need it; '
-                                'carry it (pure Python, see the docstring: .carry/ml_collections)')
-    _install_grain_stand_in()
+    missing = [name for name in ('ml_collections', 'grain') if importlib.util.find_spec(name) is None]
+    if missing:
+      raise ModuleNotFoundError(f'{" and ".join(missing)} not installed: configs/camvid.py and ma_resnet.training '
+                                'need them (ma_resnet.train_config, ma_resnet.data)')
     from ma_resnet import training
     config = camvid_config(system, dtype, size, smoke)
     b, t = int(config.batch_size), int(config.data.clip_length)

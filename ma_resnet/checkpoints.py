@@ -43,6 +43,7 @@ from absl import logging
 from orbax.checkpoint import checkpoint_managers
 
 from ma_resnet import parallel
+from ma_resnet.errors import EXIT_CHECKPOINT
 
 CHECKPOINT_DIR = 'checkpoints'
 STATE, DATA_ITER, CONFIG = 'state', 'data_iter', 'config'
@@ -53,6 +54,7 @@ _TMP_PATTERN = re.compile(r'.*\.orbax-checkpoint-tmp.*')
 
 class CheckpointError(ValueError):
   """No usable checkpoint (missing, empty, unreadable, not a checkpoint): the message says what to give."""
+  exit_code = EXIT_CHECKPOINT
 
 
 class CheckpointMismatchError(CheckpointError):

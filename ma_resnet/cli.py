@@ -1,17 +1,22 @@
 """Shared command-line plumbing of `train.py` and `eval.py`: flag parsing with clear errors, exit codes.
 
 Every expected failure ends the process with one line `error: ...` (plus indented details) on stderr and a
-non-zero exit code, without a traceback:
+non-zero exit code, without a traceback. The failures are told apart by their type (`ma_resnet.errors`), each
+carrying its exit code:
 
-  2  bad command line or config (unknown --config key, wrong value type, missing config file, bad value)
-  3  data not found / unreadable (missing dataset folder, empty split, corrupt file)
+  2  bad command line or config (unknown --config key, wrong value type, missing config file, bad value):
+     `errors.ConfigError`
+  3  data not found / unreadable (missing dataset folder, empty split, corrupt file): `data.DataError`
   4  checkpoint problem (a workdir or init_from checkpoint of another architecture, no checkpoint to evaluate,
      a corrupt checkpoint, a checkpoint or workdir that cannot be written: disk full, permissions, a workdir
-     another training run holds)
-  5  training diverged (NaN / inf loss); the last good checkpoint is kept
-  6  multi-process run: a peer process stopped (its collective failed; the last checkpoint is kept), or the
-     processes cannot start together (coordinator port in use, a process missing after --initialization_timeout,
-     processes started with different configs / flags / code)
+     another training run holds): `checkpoints.CheckpointError`
+  5  training diverged (NaN / inf loss); the last good checkpoint is kept: `training.NonFiniteLossError`
+  6  multi-process run: a peer process stopped (its collective failed; the last checkpoint is kept):
+     `errors.PeerError`; or the processes cannot start together (coordinator port in use, a process missing
+     after --initialization_timeout, processes started with different configs / flags / code):
+     `parallel.StartupError`
+
+Any other exception is a bug, not the user's input: it ends with its traceback (exit 1).
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ from typing import Callable, Sequence
 
 from absl import flags
 
-EXIT_USAGE, EXIT_DATA, EXIT_CHECKPOINT, EXIT_DIVERGED, EXIT_PEER = 2, 3, 4, 5, 6
+from ma_resnet.errors import EXIT_CHECKPOINT, EXIT_DATA, EXIT_DIVERGED, EXIT_PEER, EXIT_USAGE, PeerError
 
 
 def define_distributed_flags() -> None:
@@ -133,36 +138,30 @@ def _peer_failure(error: BaseException) -> bool:
 
 
 def run_guarded(main: Callable[[], None]) -> None:
-  """Runs `main()`, mapping the expected failures to one message and an exit code (see the docstring)."""
+  """Runs `main()`, mapping the expected failures (by type) to one message and their exit code (see the
+  docstring); anything else propagates with its traceback."""
   from ma_resnet.checkpoints import CheckpointError
   from ma_resnet.data import DataError
+  from ma_resnet.errors import ConfigError
   from ma_resnet.parallel import StartupError
   from ma_resnet.training import NonFiniteLossError
   try:
     main()
-  except StartupError as e:
-    fail(str(e), EXIT_PEER)
-  except NonFiniteLossError as e:
-    fail(str(e), EXIT_DIVERGED)
-  except CheckpointError as e:
-    fail(str(e), EXIT_CHECKPOINT)
   except DataError as e:
-    fail(f'{e}\n  (check data.root / the dataset folder)', EXIT_DATA)
+    fail(f'{e}\n  (check data.root / the dataset folder)', e.exit_code)
+  except (ConfigError, CheckpointError, NonFiniteLossError, StartupError) as e:
+    fail(str(e), e.exit_code)
+  except PeerError as e:
+    _peer_stop(e)
   except FileNotFoundError as e:
     fail(str(e), EXIT_DATA)
   except OSError as e:
     if e.errno in _WRITE_ERRNOS:  # the workdir or its files cannot be written
       fail(f'cannot write {e.filename or "the workdir"}: {e.strerror}', EXIT_CHECKPOINT)
     raise
-  except ValueError as e:
-    if str(e).startswith('invalid config') or 'must be' in str(e):
-      fail(str(e), EXIT_USAGE)
-    if _peer_failure(e):
-      _peer_stop(e)
-    raise
   except Exception as e:  # pylint: disable=broad-except
-    if _peer_failure(e):
-      _peer_stop(e)
+    if _peer_failure(e):  # the runtime's own error of a collective whose peer has gone
+      _peer_stop(PeerError(str(e)))
     raise
 
 

@@ -6,12 +6,10 @@
 How it runs. `lanes` sequences are streamed side by side (a batch of `lanes` frames per step; lane g plays
 sequences g, g + lanes, g + 2 lanes, ...). Each step calls the jitted `model.step(frame, memory, reset)`; `reset`
 is the frame's `sequence_start`, so a lane's memory is cleared whenever it starts a new sequence, exactly as
-when one sequence is played alone. A lane that has run out of frames is fed a blank, unscored frame. A
-non-causal model (`model.delay` = 1, STF) returns at each step the prediction of the frame fed the step before:
-each prediction is scored against the label of the frame it belongs to, a lane's next sequence start ends its
-previous sequence (the model applies its edge rule), and one more step of blank frames flushes the last ones. With
-several devices the lanes are split over them (the memory too); with several processes each process reads and
-scores its own lanes.
+when one sequence is played alone. A lane that has run out of frames is fed a blank, unscored frame.
+`streaming.FrameStream` pairs every prediction with its own frame (and label), also for a model that returns it
+steps later (STF needs the next frame). With several devices the lanes are split over them (the memory too);
+with several processes each process reads and scores its own lanes.
 
 Scoring. The arg-max predictions come back to the host, and for every labelled frame the confusion matrix
 (ground truth x prediction, int64, classes 0..K-1, label 255 excluded) is accumulated with numpy. From it:
@@ -28,7 +26,6 @@ never imports the trainer: the streamed step is `inference.segment_frames`, shar
 """
 from __future__ import annotations
 
-import collections
 import dataclasses
 import functools
 import json
@@ -40,8 +37,10 @@ from typing import Any, Callable, Iterator, Sequence
 import jax
 import numpy as np
 
-from ma_resnet import checkpoints, inference, parallel, video_metrics, visualize
+from ma_resnet import checkpoints, inference, parallel, streaming, video_metrics, visualize
 from ma_resnet import data as data_lib
+from ma_resnet.data import DataError
+from ma_resnet.errors import ConfigError
 from ma_resnet.files import atomic_write_text
 from ma_resnet.video_metrics import VideoMetricOptions, video_consistency  # noqa: F401  (re-exported)
 
@@ -56,14 +55,14 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: i
                      ignore_index: int = IGNORE_INDEX) -> np.ndarray:
   """int64 (K, K): entry [i, j] counts pixels of ground truth i predicted as j; ignored pixels skipped.
 
-  Labels outside 0..K-1 other than `ignore_index` are an error (they would be silently dropped otherwise).
+  Labels outside 0..K-1 other than `ignore_index` are a DataError (they would be silently dropped otherwise).
   """
   labels = np.asarray(labels).ravel().astype(np.int64)
   predictions = np.asarray(predictions).ravel().astype(np.int64)
   keep = labels != ignore_index
   labels, predictions = labels[keep], predictions[keep]
   if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-    raise ValueError(f'label values outside 0..{num_classes - 1} (and not {ignore_index}): '
+    raise DataError(f'label values outside 0..{num_classes - 1} (and not {ignore_index}): '
                      f'{sorted(set(np.unique(labels).tolist()) - set(range(num_classes)))}')
   if predictions.size and (predictions.min() < 0 or predictions.max() >= num_classes):
     raise ValueError(f'prediction values outside 0..{num_classes - 1}')
@@ -207,10 +206,10 @@ class Evaluator:
     devices = self.mesh.devices.size
     self.lanes = int(lanes)
     if devices > 1 and self.lanes % devices:
-      raise ValueError(f'evaluation lanes ({self.lanes}) must be a multiple of the {devices} devices')
+      raise ConfigError(f'evaluation lanes ({self.lanes}) must be a multiple of the {devices} devices')
     if self.lanes % jax.process_count():
-      raise ValueError(f'evaluation lanes ({self.lanes}) must be a multiple of the {jax.process_count()} '
-                       'processes')
+      raise ConfigError(f'evaluation lanes ({self.lanes}) must be a multiple of the {jax.process_count()} '
+                        'processes')
     self.num_classes = data_lib.num_classes(data_config)
     self.class_names = tuple(class_names or data_lib.class_names(data_config))
     # A single lane on several devices is replicated; otherwise lanes are split over the devices.
@@ -258,9 +257,8 @@ class Evaluator:
     ticks = max(lengths) if lengths else 0
     if max_frames is not None:
       ticks = min(ticks, int(max_frames))
-    local = self._local_lanes()
     streams: list[Iterator | None] = []
-    for g in local:
+    for g in self._local_lanes():
       if lengths[g]:
         streams.append(iter(data_lib.make_eval_stream(self.data_config, self.split, shard_index=g,
                                                        shard_count=self.lanes)))
@@ -270,84 +268,73 @@ class Evaluator:
     confusion = np.zeros((2, self.num_classes, self.num_classes), np.int64)  # by kind: enhanced or not
     kind_counts = np.zeros((2, 2), np.int64)  # [enhanced][frames, labelled]
     video = video_metrics.VideoMetrics(self.num_classes, self.video_options, dataset=self.data_config.get('name'))
-    memory = None
     image_size = None
-    delay = self.model.delay
-    # Per lane, the items fed whose predictions have not come back yet (None: a blank frame). A non-causal model
-    # returns, at each step, the prediction of the frame fed `delay` steps before.
-    pending = [collections.deque() for _ in streams]
     start = time.time()
     steady_start, steady_frames = None, 0
 
-    def run_tick(items):
-      """Feeds one frame per lane (None: a blank, reset frame) and scores the predictions that come back."""
-      nonlocal memory
-      frames = np.zeros((len(items),) + image_size + (3,), np.float32)
-      reset = np.ones((len(items),), bool)
-      for lane, it in enumerate(items):
-        if it is not None:
-          frames[lane] = it['frames'][0, 0]
-          reset[lane] = bool(it['sequence_start'][0, 0])
-      due = []
-      for lane, it in enumerate(items):
-        pending[lane].append(it)
-        due.append(pending[lane].popleft() if len(pending[lane]) > delay else None)
+    def step(frames, memory, reset, due):
+      """The jitted step on this process's lanes; logits resized to the size of the labels due (native labels)."""
+      label_sizes = {tuple(it['labels'].shape[2:4]) for it in due if it is not None}
+      if len(label_sizes) > 1:
+        raise ConfigError(f'labels of different sizes {sorted(label_sizes)} in one evaluation step (native '
+                          'labels): evaluate with eval_batch_size=1')
+      label_size = label_sizes.pop() if label_sizes else tuple(frames.shape[1:3])
       global_frames = jax.make_array_from_process_local_data(self._batch_sharding, frames,
                                                               (self.lanes,) + frames.shape[1:])
       global_reset = jax.make_array_from_process_local_data(self._batch_sharding, reset, (self.lanes,))
-      scored = [it for it in due if it is not None]
-      label_sizes = {tuple(it['labels'].shape[2:4]) for it in scored}
-      if len(label_sizes) > 1:
-        raise ValueError(f'labels of different sizes {sorted(label_sizes)} in one evaluation step (native '
-                         'labels): evaluate with eval_batch_size=1')
-      label_size = label_sizes.pop() if label_sizes else image_size
       predictions, memory, enhanced = self._step(variables, global_frames, memory, global_reset, label_size)
-      predictions, enhanced = parallel.local_rows(predictions), parallel.local_rows(enhanced)
-      for lane, it in enumerate(due):
-        if it is None:
-          continue
-        kind = int(bool(enhanced[lane]))
+      return (parallel.local_rows(predictions), parallel.local_rows(enhanced)), memory
+
+    def score(paired):
+      for lane, it, (prediction, enhanced) in paired:
+        kind = int(bool(enhanced))
         label = it['labels'][0, 0]
         labelled = bool(it['labelled'][0, 0])
         kind_counts[kind] += (1, int(labelled))
         if labelled:
-          confusion[kind] += confusion_matrix(label, predictions[lane], self.num_classes)
-        video.update(lane, int(it['sequence_index']), int(it['frame_index']), label, labelled, predictions[lane])
+          confusion[kind] += confusion_matrix(label, prediction, self.num_classes)
+        video.update(lane, int(it['sequence_index']), int(it['frame_index']), label, labelled, prediction)
         if callback is not None:
           callback(FramePrediction(sequence=str(it['sequence']), sequence_index=int(it['sequence_index']),
                                    frame_index=int(it['frame_index']),
                                    frame_number=int(it['frame_number']), frames=it['frames'][0, 0],
-                                   label=label, labelled=labelled, prediction=predictions[lane]))
+                                   label=label, labelled=labelled, prediction=prediction))
 
-    for tick in range(ticks + delay):  # a non-causal model: `delay` more steps flush the last frames
+    # One frame per lane and step (None: a lane with nothing to play gets a blank, reset frame); the stream pairs
+    # each prediction with its own frame, however late the model returns it.
+    stream = streaming.FrameStream.of_model(self.model, step, lanes=len(streams))
+    for tick in range(ticks):
       items = []
-      for lane, stream in enumerate(streams):
-        item = next(stream, None) if stream is not None and tick < ticks else None
+      for lane, source in enumerate(streams):
+        item = next(source, None) if source is not None else None
         if item is None:
           streams[lane] = None
         items.append(item)
       real = [it for it in items if it is not None]
       sizes = {tuple(it['frames'].shape[2:4]) for it in real}
       if len(sizes) > 1:
-        raise ValueError(f'frames of different sizes {sorted(sizes)} in one evaluation step: set '
-                         'data.eval_size to evaluate several sequences side by side, or eval_batch_size=1')
+        raise ConfigError(f'frames of different sizes {sorted(sizes)} in one evaluation step: set '
+                          'data.eval_size to evaluate several sequences side by side, or eval_batch_size=1')
       size = sizes.pop() if sizes else image_size
       if size is None:  # this process has no frame at all at this step; any size works for the blanks
         size = tuple(int(s) for s in self.data_config.eval_size or self.data_config.crop_size)
       if size != image_size:
         if image_size is not None and not all(bool(it['sequence_start'][0, 0]) for it in real):
-          raise ValueError(f'frame size changed from {image_size} to {size} within a sequence')
-        for _ in range(delay if image_size is not None else 0):  # flush the frames of the old size first
-          run_tick([None] * len(items))
+          raise DataError(f'frame size changed from {image_size} to {size} within a sequence')
         image_size = size
-        memory = self._empty_memory(image_size)
-        for queue in pending:
-          queue.clear()
-      run_tick(items)
+        score(stream.restart(self._empty_memory(image_size)))  # the frames of the old size come out first
+      frames = np.zeros((len(items),) + image_size + (3,), np.float32)
+      reset = np.ones((len(items),), bool)
+      for lane, it in enumerate(items):
+        if it is not None:
+          frames[lane] = it['frames'][0, 0]
+          reset[lane] = bool(it['sequence_start'][0, 0])
+      score(stream.feed(frames, reset, items))
       if tick == 0:
         steady_start = time.time()
       else:
         steady_frames += len(real)
+    score(stream.end())
     seconds = time.time() - start
     steady_seconds = time.time() - steady_start if steady_start is not None else 0.0
     confusion = parallel.sum_over_processes(confusion)
@@ -384,7 +371,7 @@ def evaluate_run(workdir: str, *, split: str | None = None, checkpoint: str = 'b
   """
   workdir = os.path.abspath(workdir)
   if overlay_stride < 1:
-    raise ValueError(f'overlay_stride must be >= 1, got {overlay_stride}')
+    raise ConfigError(f'overlay_stride must be >= 1, got {overlay_stride}')
   mesh = parallel.make_mesh()
   if os.path.isdir(workdir) and not os.path.isdir(os.path.join(workdir, checkpoints.CHECKPOINT_DIR)):
     raise checkpoints.CheckpointError(f'no checkpoint in {workdir}: train first (python train.py '

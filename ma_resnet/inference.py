@@ -14,7 +14,6 @@ so outputs have exactly the input's frame count and size. The command line is `p
 """
 from __future__ import annotations
 
-import collections
 import dataclasses
 import functools
 import os
@@ -27,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from ma_resnet import video_io, video_metrics, visualize
+from ma_resnet import streaming, video_io, video_metrics, visualize
 from ma_resnet.data import normalize_images
 from ma_resnet.models.ops import resize_bilinear
 
@@ -78,14 +77,10 @@ def segment_frames(model, variables, frames, memory, reset=None, *, out_size: tu
 
 
 @functools.lru_cache(maxsize=32)
-def _step_function(model, out_size: tuple[int, int], donate: bool, flush: bool = False):
-  """jit(variables, frame (1, h, w, 3), memory) -> (labels int32 (1, H, W) at `out_size`, new memory, enhanced).
-
-  flush: the frame ends the stream (a reset after it): a non-causal model returns the last frame fed before it.
-  """
-  step = functools.partial(segment_frames, model, out_size=out_size)
-  reset = jnp.ones((1,), bool) if flush else None
-  return jax.jit(lambda variables, frame, memory: step(variables, frame, memory, reset),
+def _step_function(model, out_size: tuple[int, int], donate: bool):
+  """jit(variables, frame (1, h, w, 3), memory, reset (1,)) -> (labels int32 (1, H, W) at `out_size`, new memory,
+  enhanced (1,))."""
+  return jax.jit(functools.partial(segment_frames, model, out_size=out_size),
                  donate_argnums=(2,) if donate else ())
 
 
@@ -134,21 +129,23 @@ def predict_video(model, variables, frames: Iterable[np.ndarray], *, mean: Seque
 
   The one-frame step is jit-compiled once per (model, sizes) and reused across calls; the next frame is sent
   to the device before the previous result is fetched, so decoding and host work overlap the computation.
-
-  A non-causal model (`model.delay` = 1: STF needs frame t+1 for frame t) returns each frame's labels one step
-  later; they are paired with their own frame, and after the last frame one flush step (the model's edge rule
-  for a missing next frame) gives the last frame's, so every frame is yielded, in order.
+  `streaming.FrameStream` pairs every result with its own frame (also when the model returns it later: STF
+  needs the next frame), so every frame is yielded, in order.
   """
   if not 0.0 <= float(alpha) <= 1.0:
     raise ValueError(f'alpha must be in [0, 1], got {alpha}')
   donate = jax.default_backend() != 'cpu'
-  delay = int(getattr(model, 'delay', 0))
-  frame_size = step = memory = model_size = prepared = None
-  pending = None
-  waiting = collections.deque()  # (index, frame) fed, whose labels have not come back yet
+  frame_size = model_size = jitted = stream = None
+  fetched = []  # results whose labels are fetched after the next frame is sent (overlap)
 
-  def finish(index, image, result):
-    labels, enhanced = np.asarray(result[0])[0], bool(np.asarray(result[1])[0])
+  def step(x, memory, reset, due):
+    del due
+    labels, memory, enhanced = jitted(variables, x, memory, reset)
+    return (labels, enhanced), memory
+
+  def finish(paired):
+    index, image = paired.tag
+    labels, enhanced = np.asarray(paired.output[0]), bool(paired.output[1])
     overlay = None if palette is None else visualize.overlay(image, labels, palette, alpha)
     return PredictedFrame(index, image, labels, overlay, enhanced)
 
@@ -157,25 +154,17 @@ def predict_video(model, variables, frames: Iterable[np.ndarray], *, mean: Seque
     if frame_size is None:
       frame_size = tuple(frame.shape[:2])
       model_size = tuple(int(s) for s in size) if size is not None else frame_size
-      step = _step_function(model, frame_size, donate)
-      memory = _memory_function(model, model_size)()
+      jitted = _step_function(model, frame_size, donate)
+      stream = streaming.FrameStream.of_model(model, step)
+      stream.restart(_memory_function(model, model_size)())
     elif tuple(frame.shape[:2]) != frame_size:
       raise ValueError(f'frame {index} is {frame.shape[0]}x{frame.shape[1]}, the first frame '
                        f'{frame_size[0]}x{frame_size[1]}: all frames of a video must have one size')
-    prepared = prepare_frame(frame, model_size, mean, std, normalize)
-    labels, memory, enhanced = step(variables, prepared, memory)
-    waiting.append((index, frame))
-    if len(waiting) > delay:
-      if pending is not None:
-        yield finish(*pending)
-      pending = waiting.popleft() + ((labels, enhanced),)
-  for _ in range(delay if waiting else 0):  # the last frames' labels: flush (a reset ends the stream)
-    labels, memory, enhanced = _step_function(model, frame_size, donate, flush=True)(variables, prepared, memory)
-    if pending is not None:
-      yield finish(*pending)
-    pending = waiting.popleft() + ((labels, enhanced),)
-  if pending is not None:
-    yield finish(*pending)
+    paired = stream.feed(prepare_frame(frame, model_size, mean, std, normalize), np.array([index == 0]),
+                         [(index, frame)])
+    yield from map(finish, fetched)
+    fetched = paired
+  yield from map(finish, fetched + (stream.end() if stream is not None else []))
 
 
 @dataclasses.dataclass

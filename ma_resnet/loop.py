@@ -23,6 +23,7 @@ from absl import logging
 from ma_resnet import checkpoints as checkpoints_lib
 from ma_resnet import data as data_lib
 from ma_resnet import evaluation, logging_utils, models, parallel, train_config
+from ma_resnet.errors import ConfigError
 from ma_resnet.files import atomic_write_text
 from ma_resnet.training import (NonFiniteLossError, abstract_train_state, all_finite, class_balance_weights,
                                 create_train_state, learning_rate_schedule, make_optimizer, make_train_step)
@@ -39,7 +40,10 @@ class TrainResult:
 
 
 def _local_batch_size(config, mesh) -> int:
-  return parallel.check_batch_size(int(config.batch_size), mesh)
+  try:
+    return parallel.check_batch_size(int(config.batch_size), mesh)
+  except ValueError as e:  # batch_size does not split over the devices / processes
+    raise ConfigError(f'invalid config: {e}') from None
 
 
 def _eval_lanes(config, mesh) -> int:
@@ -48,15 +52,26 @@ def _eval_lanes(config, mesh) -> int:
   return -(-lanes // devices) * devices if devices > 1 else lanes
 
 
+def _native_eval_size(config) -> tuple[int, int] | None:
+  """(h, w) of the evaluation split's first frame when validation runs at the native size (no data.eval_size)."""
+  if config.eval_every < 0 or config.data.get('eval_size'):
+    return None
+  frame = data_lib.make_sequences(config.data, config.eval_split).read_frame(0, 0)
+  return tuple(frame.image.shape[:2])
+
+
 def prepare(config: ml_collections.ConfigDict, mesh):
-  """Everything that can fail on the inputs, before anything is written: config, every data file of the train
-  and evaluation splits, model, optimizer. Returns (num_classes, train iterator, model, tx, schedule,
-  class_weights (None when class_balance is 0))."""
+  """Everything that can fail on the inputs, before anything is written: config (every frame size the run uses
+  included), every data file of the train and evaluation splits, model, optimizer. Returns (num_classes, train
+  iterator, model, tx, schedule, class_weights (None when class_balance is 0))."""
   train_config.validate(config)
   local_batch = _local_batch_size(config, mesh)
   num_classes = data_lib.num_classes(config.data)
   for note in data_lib.validate_data(config.data, [config.data.split, config.eval_split]):
     logging.warning('%s', note)
+  native = _native_eval_size(config)
+  if native is not None:
+    train_config.validate(config, eval_frame_size=native)
   train_iter = data_lib.make_train_iterator(config.data, batch_size=local_batch, seed=int(config.seed),
                                             shard_index=jax.process_index(), shard_count=jax.process_count())
   model = models.build(config.model, num_classes)
@@ -85,15 +100,15 @@ def _finished_result(workdir: str, step: int) -> TrainResult | None:
 
 
 def _batch_size_changed(ckpt, step: int, config, allow_new_batch_size: bool) -> bool:
-  """Whether the run at `step` was trained with another batch_size; ValueError unless that is allowed."""
+  """Whether the run at `step` was trained with another batch_size; ConfigError unless that is allowed."""
   stored = ckpt.stored_config_or_none(step)
   before, now = (stored or {}).get('batch_size'), int(config.batch_size)
   if before is None or int(before) == now:
     return False
   if not allow_new_batch_size:
-    raise ValueError(f'invalid config: batch_size is {now} but the run in {ckpt.directory} was trained with '
-                     f'{before} (the step count and the learning-rate schedule would mean something else); '
-                     'resume with the same batch_size, or pass --allow_new_batch_size to resume with this one')
+    raise ConfigError(f'invalid config: batch_size is {now} but the run in {ckpt.directory} was trained with '
+                      f'{before} (the step count and the learning-rate schedule would mean something else); '
+                      'resume with the same batch_size, or pass --allow_new_batch_size to resume with this one')
   logging_utils.console(f'batch_size changed from {before} to {now}: the training data order starts again')
   return True
 
@@ -135,7 +150,6 @@ def _train_and_evaluate(config, workdir: str, start_time: float, progress: bool,
     num_classes, train_iter, model, tx, schedule, class_weights = prepare(config, mesh)
   except data_lib.DataError as e:
     raise type(e)(f'{e}\n  (nothing was written to {workdir})') from None
-  has_memory = config.model.temporal != 'plain'
   replicated = parallel.replicated(mesh)
   init_rng, step_rng = jax.jit(lambda: tuple(jax.random.split(jax.random.key(int(config.seed)))),
                                out_shardings=(replicated, replicated))()
@@ -177,7 +191,7 @@ def _train_and_evaluate(config, workdir: str, start_time: float, progress: bool,
     logging_utils.log_to_file(os.path.join(workdir, logging_utils.LOG_FILE))
   ckpt.open_for_writing(config)
 
-  train_step = make_train_step(config, schedule, has_memory, class_weights)
+  train_step = make_train_step(config, schedule, model.has_state, class_weights)
   p_train_step = jax.jit(train_step, in_shardings=(replicated, parallel.data_sharding(mesh), replicated),
                          out_shardings=(replicated, replicated),
                          donate_argnums=(0,) if jax.default_backend() != 'cpu' else ())

@@ -42,7 +42,9 @@ from typing import Sequence
 
 import numpy as np
 
-EXIT_FAILED, EXIT_USAGE, EXIT_DATA, EXIT_CHECKPOINT = 1, 2, 3, 4
+from ma_resnet.errors import EXIT_USAGE
+
+EXIT_FAILED = 1
 
 
 class MemoryBankError(ValueError):
@@ -129,9 +131,10 @@ def stf_feature_model(run):
   import ml_collections
   from ma_resnet import data as data_lib
   from ma_resnet import models
+  from ma_resnet.errors import ConfigError
   config = ml_collections.ConfigDict(json.loads(run.config.to_json()))
   if config.model.temporal != 'stf':
-    raise ValueError(f"the run's model has temporal module {config.model.temporal!r}: the MAR memory is made "
+    raise ConfigError(f"the run's model has temporal module {config.model.temporal!r}: the MAR memory is made "
                      "with an STF model (model.temporal='stf', stage 2 of the recipe)")
   variables = dict(run.variables)
   if config.model.stf.mar:
@@ -149,6 +152,7 @@ def generate(run, *, split: str = 'train', keys_per_class: int = 10, values_per_
   import jax
   import jax.numpy as jnp
   from ma_resnet import data as data_lib
+  from ma_resnet import streaming
   model, variables = stf_feature_model(run)
   data_config = run.config.data
   data_config.eval_native_labels = False  # labels at the frames' size, then nearest to the feature size
@@ -156,49 +160,46 @@ def generate(run, *, split: str = 'train', keys_per_class: int = 10, values_per_
   num_classes = data_lib.num_classes(data_config)
 
   @jax.jit
-  def step(variables, frame, memory, reset):
+  def apply_step(variables, frame, memory, reset):
     out = model.apply(variables, frame, memory, reset, method=model.step)
-    features = out.stage_features[stage]  # the STF output of the frame fed before (1, h, w, d)
+    features = out.stage_features[stage]  # the STF output (1, h, w, d) of the frame this step returns
     logits = model.apply(variables, {stage: features}, method=lambda m, maps: m.head(maps)).astype(jnp.float32)
     probabilities = jax.nn.softmax(logits, axis=-1)
-    return features, jnp.max(probabilities, -1), jnp.argmax(logits, -1), out.memory
+    return (features, jnp.max(probabilities, -1), jnp.argmax(logits, -1)), out.memory
 
   sampler = None
-  memory, pending, size = None, None, None
+  size = None
   frames = labelled = 0
   start = time.time()
 
-  def collect(item, features, confidence, prediction):
+  def collect(paired):
     nonlocal sampler, labelled
-    if item is None or not bool(item['labelled'][0, 0]):
-      return
-    features, confidence, prediction = (np.asarray(a)[0] for a in (features, confidence, prediction))
-    h, w, d = features.shape
-    if sampler is None:
-      sampler = MemorySampler(num_classes, d, keys_per_class, values_per_class)
-    label = resize_labels_nearest(np.asarray(item['labels'][0, 0]), (h, w))
-    counted = prediction == label  # 255 (ignored) is never a prediction
-    sampler.update(features[counted], confidence[counted], label[counted])
-    labelled += 1
+    for _, item, outputs in paired:
+      if not bool(item['labelled'][0, 0]):
+        continue
+      features, confidence, prediction = (np.asarray(a) for a in outputs)
+      h, w, d = features.shape
+      if sampler is None:
+        sampler = MemorySampler(num_classes, d, keys_per_class, values_per_class)
+      label = resize_labels_nearest(np.asarray(item['labels'][0, 0]), (h, w))
+      counted = prediction == label  # 255 (ignored) is never a prediction
+      sampler.update(features[counted], confidence[counted], label[counted])
+      labelled += 1
 
+  stream = streaming.FrameStream.of_model(
+      model, lambda frame, memory, reset, due: apply_step(variables, frame, memory, reset))
   for item in data_lib.make_eval_stream(data_config, split):
-    frame = jnp.asarray(item['frames'][:, 0])
-    if tuple(frame.shape[1:3]) != size:  # a new size starts a sequence: flush the previous one first
-      if pending is not None:
-        collect(pending, *step(variables, previous, memory, jnp.ones((1,), bool))[:3])
-        pending = None
+    frame = item['frames'][:, 0]
+    if tuple(frame.shape[1:3]) != size:  # a new size starts a sequence: the previous one's frames come out first
       size = tuple(frame.shape[1:3])
-      memory = model.init_memory(1, size)
-    *out, memory = step(variables, frame, memory, jnp.asarray(item['sequence_start'][:, 0]))
-    collect(pending, *out)  # the prediction of the frame fed before
-    pending, previous = item, frame
+      collect(stream.restart(model.init_memory(1, size)))
+    collect(stream.feed(frame, item['sequence_start'][:, 0], [item]))
     frames += 1
     if progress and frames % 100 == 0:
       print(f'{frames} frames, {labelled} labelled, {time.time() - start:.0f} s', file=sys.stderr, flush=True)
     if max_frames is not None and frames >= max_frames:
       break
-  if pending is not None:
-    collect(pending, *step(variables, previous, memory, jnp.ones((1,), bool))[:3])  # the flush
+  collect(stream.end())
   if sampler is None:
     raise MemoryBankError(f'split {split!r} has no labelled frame: nothing to make the memory from')
   facts = {'split': split, 'frames': frames, 'labelled_frames': labelled, 'seconds': time.time() - start,
@@ -263,6 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
   from ma_resnet import checkpoints
   from ma_resnet.data import DataError
+  from ma_resnet.errors import ConfigError
 
   def fail(message: str, code: int) -> int:
     print(f'error: {message}', file=sys.stderr, flush=True)
@@ -274,14 +276,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     metadata = make_memory(args.workdir, args.out, checkpoint=args.checkpoint, split=args.split,
                            keys_per_class=args.keys_per_class, values_per_class=args.values_per_class,
                            data_root=args.data_root, max_frames=args.max_frames, progress=not args.noprogress)
-  except checkpoints.CheckpointError as e:
-    return fail(str(e), EXIT_CHECKPOINT)
-  except DataError as e:
-    return fail(str(e), EXIT_DATA)
+  except (checkpoints.CheckpointError, DataError, ConfigError) as e:
+    return fail(str(e), e.exit_code)
   except MemoryBankError as e:
     return fail(str(e), EXIT_FAILED)
-  except ValueError as e:
-    return fail(str(e), EXIT_USAGE)
   except OSError as e:
     return fail(f'cannot write the memory: {e}', EXIT_FAILED)
   print(f'MAR memory of {len(metadata["class_names"])} classes from {metadata["labelled_frames"]} labelled '

@@ -45,6 +45,8 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from ma_resnet.errors import EXIT_PEER
+
 DATA_AXIS = 'data'
 
 # Environment variables that mean "this process is one of several launched together".
@@ -73,6 +75,7 @@ _launch: dict = {}  # what this process was told (flags / environment), compared
 class StartupError(RuntimeError):
   """The processes of a multi-process run cannot start together (coordinator port in use, a process missing,
   processes started differently): the message names the address / processes / first differing key (exit 6)."""
+  exit_code = EXIT_PEER
 
 
 def _env_int(environ, name: str) -> int | None:

@@ -78,6 +78,7 @@ from typing import Any, Mapping, Sequence
 import ml_collections
 
 from ma_resnet.data import default_data_config
+from ma_resnet.errors import ConfigError
 from ma_resnet.models import default_model_config
 
 OPTIMIZERS = ('sgd', 'adamw')
@@ -152,7 +153,7 @@ def load_config(path: str, overrides: Mapping[str, Any] | Sequence[str] = ()) ->
     for item in overrides:
       key, sep, text = item.partition('=')
       if not sep:
-        raise ValueError(f'override {item!r} is not key=value')
+        raise ConfigError(f'override {item!r} is not key=value')
       try:
         parsed[key.strip()] = ast.literal_eval(text)
       except (ValueError, SyntaxError):
@@ -193,11 +194,17 @@ def stf_mar_stage(config: ml_collections.ConfigDict, stage: str, memory_init: st
                           grad_clip_norm=0.1, b1=0.9, b2=0.999, eps=1e-8)
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError naming the field when a value is out of range (before anything is written)."""
+def validate(config: ml_collections.ConfigDict, eval_frame_size: tuple[int, int] | None = None) -> None:
+  """Raises ConfigError naming the field when a value is out of range (before anything is written); builds no
+  model.
+
+  Frame sizes: the model must take every size the run uses: `data.crop_size`, and the evaluation frames
+  (`data.eval_size`, else `eval_frame_size`: the evaluation split's native size, which the caller reads from the
+  data; None: not checked).
+  """
   def need(condition, message):
     if not condition:
-      raise ValueError(f'invalid config: {message}')
+      raise ConfigError(f'invalid config: {message}')
 
   opt = config.optimizer
   need(opt.name in OPTIMIZERS, f'optimizer.name must be one of {OPTIMIZERS}, got {opt.name!r}')
@@ -222,30 +229,47 @@ def validate(config: ml_collections.ConfigDict) -> None:
        f"distributed must be 'auto', 'yes' or 'no', got {config.distributed!r}")
   need(config.class_balance >= 0, f'class_balance must be >= 0, got {config.class_balance}')
   need(config.aux_loss_weight >= 0, f'aux_loss_weight must be >= 0, got {config.aux_loss_weight}')
+  data = config.data
   from ma_resnet.data.pipeline import DATASET_NAMES
-  need(config.data.name in DATASET_NAMES, f'data.name must be one of {DATASET_NAMES}, got {config.data.name!r}')
-  need(config.data.get('source', 'folder') in ('folder', 'tfds'),
-       f"data.source must be 'folder' or 'tfds', got {config.data.get('source')!r}")
-  need(config.data.clip_length >= 1, f'data.clip_length must be >= 1, got {config.data.clip_length}')
-  from ma_resnet.models.build import validate_model_config
-  validate_model_config(config.model)
+  need(data.name in DATASET_NAMES, f'data.name must be one of {DATASET_NAMES}, got {data.name!r}')
+  need(data.get('source', 'folder') in ('folder', 'tfds'),
+       f"data.source must be 'folder' or 'tfds', got {data.get('source')!r}")
+  need(data.get('source', 'folder') == 'folder' or data.get('tfds_data_dir'),
+       "data.source='tfds' needs data.tfds_data_dir (prepare it with ma_resnet.data.tfds_builders)")
+  need(data.clip_length >= 1, f'data.clip_length must be >= 1, got {data.clip_length}')
+  stride = data.get('clip_start_stride', 1)
+  need(stride >= 1, f'data.clip_start_stride must be >= 1, got {stride}')
+  gaps = tuple(data.get('pair_gaps') or ())
+  need(not gaps or (data.clip_length == 2 and min(gaps) >= 1),
+       f'data.pair_gaps {gaps} need data.clip_length 2 and gaps >= 1 (got clip_length {data.clip_length})')
+  sizes = [('data.crop_size', data.crop_size)]
+  if data.get('eval_size'):
+    sizes.append(('data.eval_size', data.eval_size))
+  for field, size in sizes:
+    need(len(tuple(size)) == 2 and min(int(s) for s in size) >= 1,
+         f'{field} must be two positive sizes (height, width), got {size}')
+  from ma_resnet.data import num_classes
+  from ma_resnet.models.build import model_parts
+  classes = num_classes(data)
+  parts = model_parts(config.model, classes)
+  if config.eval_every >= 0 and not data.get('eval_size') and eval_frame_size is not None:
+    sizes.append((f'the native frame size of the {config.eval_split!r} split (data.eval_size is unset)',
+                  eval_frame_size))
+  for field, size in sizes:
+    parts.check_frame_size(size, field)
   from ma_resnet.weights import check_init_from
   check_init_from(config)  # a catalogue entry of the model's architecture (no file read, no request)
-  _validate_mar_memory(config)
+  _validate_mar_memory(config, parts.temporal, classes)
 
 
-def _validate_mar_memory(config: ml_collections.ConfigDict) -> None:
+def _validate_mar_memory(config: ml_collections.ConfigDict, temporal, num_classes: int) -> None:
   """The MAR memory files a config starts from (model.stf.memory_init) exist and fit the model, before anything
   is written (a restored run does not need them: its checkpoint holds the memory)."""
   model = config.model
-  if model.temporal != 'stf' or not model.get('stf', {}).get('mar') or not model.stf.get('memory_init'):
+  if model.temporal != 'stf' or not model.stf.get('mar') or not model.stf.get('memory_init'):
     return
-  from ma_resnet import data as data_lib
-  from ma_resnet.models import build
   from ma_resnet.models.temporal.stf import load_memory
-  num_classes = data_lib.num_classes(config.data)
-  temporal = build(model, num_classes).temporal
   try:
     load_memory(model.stf.memory_init, num_classes, int(model.stf.memory_per_class), temporal.channels)
   except ValueError as e:
-    raise ValueError(f'invalid config: model.stf.memory_init: {e}') from None
+    raise ConfigError(f'invalid config: model.stf.memory_init: {e}') from None

@@ -31,8 +31,9 @@ import optax
 from flax.training import train_state
 
 from ma_resnet import parallel
-from ma_resnet.data import IGNORE_INDEX
-
+from ma_resnet.data.errors import DataError
+from ma_resnet.data.image_files import IGNORE_INDEX
+from ma_resnet.errors import EXIT_DIVERGED, ConfigError
 
 
 class TrainingError(RuntimeError):
@@ -41,6 +42,7 @@ class TrainingError(RuntimeError):
 
 class NonFiniteLossError(TrainingError):
   """The loss (or the parameters) became NaN or infinite."""
+  exit_code = EXIT_DIVERGED
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -112,7 +114,7 @@ def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule
     base = optax.adamw(schedule, b1=float(opt.get('b1', 0.9)), b2=float(opt.get('b2', 0.999)),
                        eps=float(opt.get('eps', 1e-8)), weight_decay=float(opt.weight_decay), mask=mask)
   else:
-    raise ValueError(f'invalid config: optimizer.name must be sgd or adamw, got {opt.name!r}')
+    raise ConfigError(f'invalid config: optimizer.name must be sgd or adamw, got {opt.name!r}')
   frozen, multipliers = parameter_groups(config)
   parts = [optax.clip_by_global_norm(opt.grad_clip_norm)] if opt.grad_clip_norm and opt.grad_clip_norm > 0 else []
   if frozen or multipliers:
@@ -206,7 +208,7 @@ def class_balance_weights(pixel_counts: np.ndarray, power: float) -> np.ndarray:
   counts = np.asarray(pixel_counts, np.float64)
   present = counts > 0
   if not present.any():
-    raise ValueError('class balancing: the training labels hold no labelled pixel')
+    raise DataError('class balancing: the training labels hold no labelled pixel')
   frequency = counts / counts.sum()
   median = np.median(frequency[present])
   weights = np.zeros_like(frequency)

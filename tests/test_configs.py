@@ -11,7 +11,6 @@ import pytest
 
 from ma_resnet import models, train_config, training
 from ma_resnet import data as data_lib
-from ma_resnet.models.heads import stages_read
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(REPO, 'configs', '*.py')))
@@ -40,7 +39,7 @@ def test_config_validates_and_builds(path):
 def test_camvid_cpu_recipe_spends_nothing_on_dead_pcma_and_scores_native_labels():
   config = train_config.load_config(os.path.join(REPO, 'configs', 'camvid_cpu.py'))
   model = models.build(config.model, data_lib.num_classes(config.data))
-  assert set(config.model.pcma.stages) <= set(stages_read(model.head)), 'PCMA on a stage the head never reads'
+  assert set(config.model.pcma.stages) <= set(model.head.stages_read()), 'PCMA on a stage the head never reads'
   assert model.temporal.options.stages == tuple(config.model.pcma.stages)  # nothing dropped by the builder
   assert config.data.eval_size and config.data.eval_native_labels  # mIoU on the original 360x480 labels
   plain = train_config.load_config(os.path.join(REPO, 'configs', 'camvid_cpu.py'))

@@ -24,6 +24,7 @@ import test_training_support as support
 from fake_trees import write_camvid_tree
 from ma_resnet import checkpoints, cli, loop
 from ma_resnet import data as data_lib
+from ma_resnet.errors import ConfigError
 
 
 def _run(workdir, *flags, script='train.py'):
@@ -187,3 +188,41 @@ def test_resuming_with_another_batch_size_needs_a_flag():
   result = _run(workdir, f'--config.num_steps={support.REFERENCE_STEPS + 2}', '--config.batch_size=2',
                 '--allow_new_batch_size')
   assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_an_internal_value_error_is_a_traceback_not_a_usage_error(tmp_path, monkeypatch):
+  """A ValueError from inside the library (a bug) whose text says 'must be' is not the user's fault: it ends with
+  its traceback (Python's exit 1), not with a one-line usage error (exit 2) as run_guarded did by matching the
+  message. A config error is still exit 2, told apart by its type."""
+  from ma_resnet.models.segmenter import VideoSegmenter
+
+  def broken(self, batch_size, frame_size):
+    raise ValueError('the shapes must be equal (a bug deep inside the model)')
+
+  monkeypatch.setattr(VideoSegmenter, 'init_memory', broken)
+  config = support.load_test_config()
+  workdir = str(tmp_path / 'run')
+  with pytest.raises(ValueError, match='a bug deep inside'):
+    cli.run_guarded(lambda: loop.train_and_evaluate(config, workdir, progress=False))
+  config.model.depth = 42
+  with pytest.raises(SystemExit) as stopped:
+    cli.run_guarded(lambda: loop.train_and_evaluate(config, workdir, progress=False))
+  assert stopped.value.code == cli.EXIT_USAGE
+
+
+@pytest.mark.parametrize('eval_size, named', [((40, 40), 'data.eval_size 40x40'),
+                                               (None, "native frame size of the 'val' split")])
+def test_an_evaluation_size_stf_cannot_take_is_refused_at_start_up(tmp_path, eval_size, named):
+  """STF needs whole ICSA blocks (here 3x3 features at stride 8: frames of multiples of 24). The training crops
+  (48x48) fit, the evaluation frames (eval_size 40x40, or the native 32x32) do not: refused before anything is
+  written, naming the size and the rule. Before, training started and crashed at the first validation."""
+  config = support.load_test_config(**{
+      'model.temporal': 'stf', 'model.backbone': 'pspnet', 'model.head': 'classifier',
+      'model.head_options': {'in_stage': 'psp'}, 'model.pspnet.stage': 'stage2', 'model.pspnet.channels': 16,
+      'model.stf.block_size': (3, 3), 'model.stf.embedding_size': (4, 4), 'model.stf.ffn_channels': 8,
+      'data.crop_size': (48, 48), 'data.eval_size': eval_size, 'num_steps': 2, 'eval_every': 2})
+  workdir = str(tmp_path / 'run')
+  with pytest.raises(ConfigError, match=rf'{named}.*multiples of the 3x3 ICSA blocks') as error:
+    loop.train_and_evaluate(config, workdir, progress=False)
+  assert len(str(error.value).splitlines()) == 1 and not os.path.exists(workdir)
+

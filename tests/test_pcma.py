@@ -9,6 +9,7 @@ import pytest
 from ma_resnet.models import build, default_model_config
 from ma_resnet.models.temporal import pcma as pcma_lib
 from ma_resnet.models.temporal import PCMAOptions, attend, reset_state
+from tolerances import reordered_sums_tolerance
 
 H, W = 32, 48
 
@@ -58,9 +59,10 @@ def test_scan_equals_step():
     o = step(variables, frames[:, i], memory)
     memory = o.memory
     logits.append(o.logits)
-  np.testing.assert_allclose(jnp.stack(logits, 1), out.logits, atol=1e-6, rtol=0)
+  np.testing.assert_allclose(jnp.stack(logits, 1), out.logits, atol=reordered_sums_tolerance(out.logits), rtol=0)
   for stage in out.memory:
-    np.testing.assert_allclose(memory[stage].keys, out.memory[stage].keys, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(memory[stage].keys, out.memory[stage].keys,
+                               atol=reordered_sums_tolerance(out.memory[stage].keys), rtol=0)
   # Code warm-up with T=2: the first two frames only fill the memory.
   np.testing.assert_array_equal(out.enhanced, [[False, False, True]] * 2)
 
@@ -187,6 +189,29 @@ def test_feed_forward_streams_and_changes_later_stages():
   plain_path = apply(variables, frames)
   np.testing.assert_allclose(fed.stage_features['stage1'], plain_path.stage_features['stage1'], atol=1e-5)
   assert float(jnp.abs(fed.stage_features['stage4'][:, 2] - plain_path.stage_features['stage4'][:, 2]).max()) > 1e-4
+
+
+def test_feed_forward_keeps_the_frozen_backbone_frozen():
+  """model.frozen on the interleaved path (feed_forward): a train-mode apply leaves the frozen backbone's batch
+  statistics as they were and gives its parameters no gradient, while PCMA still trains (its statistics move,
+  its parameters get a gradient). Before the fix the interleaved path ignored `frozen`."""
+  config = tiny_config(feed_forward=True)
+  config.frozen = ('backbone',)
+  model = build(config, num_classes=5)
+  variables = tiny_variables()
+
+  def loss(params):
+    out, updates = model.apply({'params': params, 'batch_stats': variables['batch_stats']}, clip(), train=True,
+                               mutable=['batch_stats'], rngs={'dropout': jax.random.key(2)})
+    return jnp.mean(jnp.square(out.logits)), updates
+
+  grads, updates = jax.jit(jax.grad(loss, has_aux=True))(variables['params'])
+  moved = lambda before, after: [float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(before),
+                                                                           jax.tree.leaves(after))]
+  assert max(moved(variables['batch_stats']['backbone'], updates['batch_stats']['backbone'])) == 0.0
+  assert max(moved(variables['batch_stats']['temporal'], updates['batch_stats']['temporal'])) > 0.0
+  assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grads['backbone']))
+  assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads['temporal'])) > 0.0
 
 
 def test_bad_options_are_refused():

@@ -10,6 +10,7 @@ import pytest
 
 from ma_resnet.models import build, default_model_config
 from ma_resnet.models.temporal import reset_state
+from tolerances import reordered_sums_tolerance
 
 H, W, CLASSES = 32, 48, 4
 MODULES = ('plain', 'pcma', 'tma', 'stf')
@@ -71,7 +72,9 @@ def test_scan_equals_step_with_reset(temporal):
     steps.append(jax.jit(functools.partial(model.apply, method=model.flush))(variables, frames[:, -1], memory))
   for i in range(frames.shape[1]):
     one = steps[i + delay]  # stepping frame i + delay (or flushing) emits frame i
-    np.testing.assert_allclose(one.logits, out.logits[:, i], atol=1e-5 if delay else 1e-6, rtol=0)
+    # STF's transformer attends over scores with no bound: it keeps its 1e-5 (about 800 ulps of its logits).
+    tolerance = max(reordered_sums_tolerance(out.logits), 1e-5 if delay else 0.0)
+    np.testing.assert_allclose(one.logits, out.logits[:, i], atol=tolerance, rtol=0)
     np.testing.assert_array_equal(one.enhanced, out.enhanced[:, i])
     assert np.asarray(one.ready).all() and np.asarray(out.ready[:, i]).all()
   for a, b in zip(jax.tree.leaves(final_memory), jax.tree.leaves(out.memory)):  # raw maps: batch-size rounding

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import os
 
+from ma_resnet.errors import EXIT_DATA
+
 
 class DataError(ValueError):
   """Bad or inconsistent data: the message names the file or folder at fault."""
+  exit_code = EXIT_DATA
 
 
 class DataNotFoundError(DataError, FileNotFoundError):

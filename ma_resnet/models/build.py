@@ -7,27 +7,34 @@
 Configs, evaluation, predict, notebooks, benchmarks and tests build models here and never assemble them by hand
 (the converters of the authors' checkpoints build their exact reference models themselves).
 
+The parts and their contracts: `BACKBONES[name](config, dtype, precision)` (maps + `feature_shapes`),
+`HEADS[name](num_classes, dtype, precision, **head_options)` (each head declares the maps it reads,
+`stages_read()`), `TEMPORAL_MODULES[name].from_config(config[name], BuildContext)` (each module checks its own
+options against the backbone's description and what the heads read). `model_parts` assembles and checks them
+without building a model (config validation, `check_frame_size`); `build` puts them into a `VideoSegmenter`.
+
 Build only what is read: the segmenter runs the backbone only as deep as the head, the auxiliary head and
 the temporal module read, and PCMA is built only on the stages the heads read (with `feed_forward` off,
 PCMA on any other stage could not change a prediction; those stages are dropped with a warning).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, NamedTuple
 
 import jax.numpy as jnp
 from absl import logging
 
+from ma_resnet.errors import ConfigError
 from ma_resnet.models.attention import DEFAULT_CHUNK
 from ma_resnet.models.backbones.lernet import LERNet
 from ma_resnet.models.backbones.pspnet import PSPNetBackbone
 from ma_resnet.models.backbones.resnet import ResNet
 from ma_resnet.models.heads import (ClassifierHead, DeepLabV3PlusHead, DNLHead, FCNHead, PSPHead, SFNetHead,
-                                    auxiliary_fcn_head, head_factory, stages_read)
+                                    auxiliary_fcn_head, head_factory)
 from ma_resnet.models.layers import PRECISIONS, lax_precision
 from ma_resnet.models.segmenter import VideoSegmenter
-from ma_resnet.models.temporal import PCMA, THA, TMA, PCMAOptions, Plain, THAOptions, TMAOptions
-from ma_resnet.models.temporal.stf import STF, STFOptions
+from ma_resnet.models.temporal import PCMA, STF, THA, TMA, Plain, TemporalModule
+from ma_resnet.models.temporal.base import BuildContext
 
 # head name -> factory(num_classes, dtype, precision=None, **head_options) -> head module
 HEADS: dict[str, Callable[..., Any]] = {
@@ -192,14 +199,13 @@ def lernet_tha(model, *, tha: bool, key_interval: int = 5):
 def _choice(config: Mapping, key: str, allowed) -> Any:
   value = config[key]
   if value not in allowed:
-    raise ValueError(f'invalid config: model.{key} must be one of {sorted(allowed)}, got {value!r}')
+    raise ConfigError(f'invalid config: model.{key} must be one of {sorted(allowed)}, got {value!r}')
   return value
 
 
-def validate_model_config(config: Mapping) -> None:
-  """Raises ValueError('invalid config: model.<field> ...') for a field outside its set of values: temporal,
-  depth, variant, output_stride, multi_grid, head, aux_head, dtype, and the options of the temporal module."""
-  from ma_resnet.models.backbones.resnet import DEPTHS, STAGE_GEOMETRY, STAGES, VARIANTS
+def _check_choices(config: Mapping) -> None:
+  """ConfigError('invalid config: model.<field> ...') for a field outside its set of values."""
+  from ma_resnet.models.backbones.resnet import DEPTHS, STAGE_GEOMETRY, VARIANTS
   _choice(config, 'temporal', TEMPORAL_MODULES)
   if 'backbone' in config:
     _choice(config, 'backbone', BACKBONES)
@@ -208,88 +214,65 @@ def validate_model_config(config: Mapping) -> None:
   _choice(config, 'output_stride', STAGE_GEOMETRY)
   _choice(config, 'head', HEADS)
   _choice(config, 'dtype', DTYPES)
+  if 'precision' in config:
+    _choice(config, 'precision', PRECISIONS)
   if config.get('aux_head'):
     _choice(config, 'aux_head', AUX_HEADS)
   bad = sorted(set(config.get('frozen') or ()) - {'backbone', 'temporal', 'head', 'aux_head'})
   if bad:
-    raise ValueError(f"invalid config: model.frozen may name 'backbone', 'temporal', 'head', 'aux_head'; got {bad}")
+    raise ConfigError(f"invalid config: model.frozen may name 'backbone', 'temporal', 'head', 'aux_head'; got {bad}")
   multi_grid = config.get('multi_grid')
   blocks = DEPTHS[config['depth']][1][3]
   if multi_grid and len(tuple(multi_grid)) != blocks:
-    raise ValueError(f'invalid config: model.multi_grid needs {blocks} rates for ResNet{config["depth"]} (one per '
-                     f'block of the last stage), got {tuple(multi_grid)}')
+    raise ConfigError(f'invalid config: model.multi_grid needs {blocks} rates for ResNet{config["depth"]} (one per '
+                      f'block of the last stage), got {tuple(multi_grid)}')
+
+
+class Parts(NamedTuple):
+  """The parts of a model described by a config (module descriptions: no parameters exist yet)."""
+  backbone: Any
+  temporal: Any
+  head: Any
+  aux_head: Any
+  notes: list  # warnings for the user (what the config asks for that is not built)
+
+  def check_frame_size(self, size: tuple[int, int], what: str) -> None:
+    """ConfigError naming `what` (e.g. 'data.crop_size') when the model cannot take frames of `size` (h, w): the
+    backbone's geometry (`feature_shapes`) and the temporal module's rule (`check_feature_shapes`, e.g. STF's
+    whole ICSA blocks)."""
+    h, w = (int(s) for s in size)
+    try:
+      self.temporal.check_feature_shapes(self.backbone.feature_shapes((h, w)))
+    except ValueError as e:
+      raise ConfigError(f'invalid config: {what} {h}x{w}: {e}') from None
+
+
+def model_parts(config: Mapping, num_classes: int) -> Parts:
+  """The backbone, temporal module and heads of `config` (see `default_model_config`), each checked; no model is
+  built. ConfigError('invalid config: model.<field> ...') naming the field at fault."""
+  _check_choices(config)
+  dtype = DTYPES[config['dtype']]
+  precision = lax_precision(config.get('precision', 'default'))
+  backbone = BACKBONES[config.get('backbone', 'resnet')](config, dtype, precision)
+  head = HEADS[config['head']](num_classes, dtype, precision, **dict(config.get('head_options') or {}))
+  aux_head = AUX_HEADS[config['aux_head']](num_classes, dtype, precision) if config.get('aux_head') else None
+  heads_read = set(head.stages_read()) | (set(aux_head.stages_read()) if aux_head is not None else set())
+  context = BuildContext(backbone, frozenset(heads_read), num_classes, dtype, precision)
+  name = config['temporal']
   try:
-    if config['temporal'] == 'pcma':
-      PCMAOptions(**{**dict(config['pcma']), 'stages': tuple(config['pcma']['stages'])})
-    elif config['temporal'] == 'tha':
-      THAOptions(**dict(config['tha']))
-    elif config['temporal'] == 'stf':
-      STFOptions(**dict(config['stf']))
-    elif config['temporal'] == 'tma':
-      options = TMAOptions(**dict(config['tma']))
-      if options.stage not in STAGES:
-        raise ValueError(f'TMAOptions.stage must be one of {STAGES}, got {options.stage!r}')
+    temporal = TEMPORAL_MODULES[name].from_config(config.get(name), context)
   except (TypeError, ValueError) as e:
-    raise ValueError(f'invalid config: model.{config["temporal"]}: {e}') from None
+    raise ConfigError(f'invalid config: model.{name}: {e}') from None
+  return Parts(backbone, temporal, head, aux_head, context.notes)
 
 
-def _pcma(config: Mapping, backbone: ResNet, heads_read: set[str], dtype, precision=None) -> PCMA:
-  options = dict(config['pcma'])
-  options['stages'] = tuple(options['stages'])
-  options = PCMAOptions(**options)
-  if not options.feed_forward:
-    unread = [s for s in options.stages if s not in heads_read]
-    if unread and len(unread) == len(options.stages):
-      raise ValueError(f'model.pcma.stages={options.stages}, but the head reads only {sorted(heads_read)} and '
-                       'the enhanced maps go only to the head: the memory could not change a prediction. Put '
-                       'PCMA on a stage the head reads, or set model.pcma.feed_forward=True.')
-    if unread:
-      logging.warning('PCMA on %s is not built: the head reads only %s, so it could not change a prediction '
-                      '(model.pcma.stages=%s).', unread, sorted(heads_read), options.stages)
-      options = PCMAOptions(**{**options.__dict__, 'stages': tuple(s for s in options.stages if s in heads_read)})
-  channels = backbone.feature_shapes((64, 64))
-  return PCMA(options, tuple(channels[s][2] for s in options.stages), dtype=dtype, precision=precision)
-
-
-def _tha(config: Mapping, backbone, heads_read: set[str], dtype, precision=None) -> THA:
-  options = THAOptions(**dict(config['tha']))
-  if not isinstance(backbone, LERNet):
-    raise ValueError("invalid config: model.temporal='tha' needs model.backbone='lernet' (it runs LERNet's "
-                     'high-level part on key frames only)')
-  if options.high not in heads_read:
-    raise ValueError(f'model.tha.high={options.high!r} is not read by the head (it reads {sorted(heads_read)}): '
-                     "LERNet's decoder is model.head='classifier' with head_options.in_stage='high'")
-  return THA(options, dtype=dtype, precision=precision)
-
-
-def _stf(config: Mapping, backbone, heads_read: set[str], dtype, precision=None, num_classes: int = 19) -> STF:
-  options = STFOptions(**dict(config['stf']))
-  shapes = backbone.feature_shapes((128, 128))
-  if options.stage not in shapes:
-    raise ValueError(f"invalid config: model.stf.stage={options.stage!r} is not a map of the backbone "
-                     f"({sorted(shapes)}): STF reads the PSP bottleneck, model.backbone='pspnet' and stage 'psp'")
-  if options.stage not in heads_read:
-    raise ValueError(f'model.stf.stage={options.stage!r} is not read by the head (it reads {sorted(heads_read)}): '
-                     "STF's head is model.head='classifier' with head_options.in_stage = model.stf.stage")
-  return STF(options, channels=shapes[options.stage][2], num_classes=num_classes, dtype=dtype, precision=precision)
-
-
-def _tma(config: Mapping, backbone: ResNet, heads_read: set[str], dtype, precision=None) -> TMA:
-  del backbone
-  options = TMAOptions(**dict(config['tma']))
-  if options.stage not in heads_read:
-    raise ValueError(f'model.tma.stage={options.stage!r} is not read by the head (it reads {sorted(heads_read)}):'
-                     " TMANet's head is model.head='classifier' with head_options.in_stage = model.tma.stage")
-  return TMA(options, dtype=dtype, precision=precision)
-
-
-# temporal module name -> factory(model config, backbone, maps the heads read, dtype, precision) -> TemporalModule
-TEMPORAL_MODULES: dict[str, Callable[..., Any]] = {
-    'plain': lambda config, backbone, heads_read, dtype, precision=None: Plain(),
-    'pcma': _pcma,
-    'tma': _tma,
-    'tha': _tha,
-    'stf': _stf,  # also takes num_classes (MAR's memory has rows per class)
+# temporal module name -> its class: `from_config(the model config's block of that name, BuildContext)`
+TEMPORAL_MODULES: dict[str, type[TemporalModule]] = {
+    'plain': Plain,
+    'pcma': PCMA,
+    'tma': TMA,
+    'tha': THA,
+    'stf': STF,
 }
 
 
@@ -329,20 +312,9 @@ BACKBONES: dict[str, Callable[..., Any]] = {
 
 def build(config: Mapping, num_classes: int) -> VideoSegmenter:
   """The `VideoSegmenter` described by `config` (see `default_model_config`) for `num_classes` classes."""
-  validate_model_config(config)
-  temporal_name, head_name, dtype = config['temporal'], config['head'], DTYPES[config['dtype']]
-  precision = lax_precision(_choice(config, 'precision', PRECISIONS) if 'precision' in config else 'default')
-  backbone = BACKBONES[config.get('backbone', 'resnet')](config, dtype, precision)
-  head_options = dict(config.get('head_options') or {})
-  head = HEADS[head_name](num_classes, dtype, precision, **head_options)
-  aux_head = None
-  if config.get('aux_head'):
-    aux_head = AUX_HEADS[_choice(config, 'aux_head', AUX_HEADS)](num_classes, dtype, precision)
-  heads_read = set(stages_read(head)) | (set(stages_read(aux_head)) if aux_head is not None else set())
-  if temporal_name == 'stf':
-    temporal = _stf(config, backbone, heads_read, dtype, precision, num_classes=num_classes)
-  else:
-    temporal = TEMPORAL_MODULES[temporal_name](config, backbone, heads_read, dtype, precision)
-  return VideoSegmenter(backbone=backbone, temporal=temporal, head=head, num_classes=num_classes,
-                        aux_head=aux_head, align_corners=bool(config.get('align_corners', False)),
+  parts = model_parts(config, num_classes)
+  for note in parts.notes:
+    logging.warning('%s', note)
+  return VideoSegmenter(backbone=parts.backbone, temporal=parts.temporal, head=parts.head, num_classes=num_classes,
+                        aux_head=parts.aux_head, align_corners=bool(config.get('align_corners', False)),
                         frozen=tuple(config.get('frozen') or ()))

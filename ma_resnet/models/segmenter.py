@@ -30,7 +30,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ma_resnet.models.heads import stages_read
 from ma_resnet.models.ops import resize_bilinear
 from ma_resnet.models.temporal.base import reset_state
 
@@ -81,10 +80,15 @@ class VideoSegmenter(nn.Module):
 
   def stages_needed(self) -> tuple[str, ...]:
     """The backbone maps something reads: the head, the auxiliary head, the temporal module."""
-    needed = set(stages_read(self.head)) | set(self.temporal.stages_read())
+    needed = set(self.head.stages_read()) | set(self.temporal.stages_read())
     if self.aux_head is not None:
-      needed |= set(stages_read(self.aux_head))
+      needed |= set(self.aux_head.stages_read())
     return tuple(sorted((needed - set(self.temporal.stages_written())) | set(self.temporal.stages_read())))
+
+  @property
+  def has_state(self) -> bool:
+    """Whether the model carries a memory from frame to frame (False: a per-frame model, `Plain`)."""
+    return bool(self.temporal.has_state)
 
   @property
   def delay(self) -> int:
@@ -191,19 +195,21 @@ class VideoSegmenter(nn.Module):
     first temporal one depends on the memory and the frames run one after another (unrolled over T)."""
     per_frame, enhanced = [], []
     needed = self.stages_needed()
+    backbone_train, temporal_train = self._trains('backbone', train), self._trains('temporal', train)
     for i in range(clip.shape[1]):
       memory = reset_state(memory, reset[:, i])
-      x = self.backbone.run_stem(clip[:, i], train)
+      x = self.backbone.run_stem(clip[:, i], backbone_train)
       frame_maps, frame_enhanced = {}, jnp.zeros(clip.shape[:1], bool)
       for index, stage in enumerate(self.backbone.stage_names(needed)):
-        x = self.backbone.run_stage(index, x, train)
+        x = self._out('backbone', self.backbone.run_stage(index, x, backbone_train))
         maps = {stage: x[:, None]}
-        encodings = self.temporal.encode(maps, train)
+        encodings = self.temporal.encode(maps, temporal_train)
         if encodings:
           squeeze = lambda tree: jax.tree.map(lambda a: a[:, 0], tree)
           memory, reads, frame_enhanced = self.temporal.scan_body(memory, squeeze(encodings))
           expand = lambda tree: jax.tree.map(lambda a: a[:, None], tree)
-          maps = self.temporal.fuse(maps, expand(reads), frame_enhanced[:, None], train)
+          maps = self._out('temporal', self.temporal.fuse(maps, expand(reads), frame_enhanced[:, None],
+                                                          temporal_train))
           x = maps[stage][:, 0]
         frame_maps[stage] = x
       per_frame.append(frame_maps)

@@ -10,7 +10,8 @@
 | FCN | fcn.py | mmseg FCNHead (also the auxiliary head on stage3) | stage4 / stage3 |
 | classifier | fcn.py | mmseg `cls_seg` alone (TMANet's head after its attention bottleneck) | stage4 |
 
-`stages_read(head)` names the maps a head reads (the segmenter runs the backbone only as far as they need).
+Every head declares the maps it reads, `head.stages_read()` (the segmenter runs the backbone only as far as
+they need; `build` checks that the temporal module's output is among them).
 
 `head_factory` makes the `build.HEADS` factories: `factory(num_classes, dtype, precision=None, **options)`,
 where options are the head's own fields and anything else is refused.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
+from ma_resnet.errors import ConfigError
 from ma_resnet.models.heads.deeplabv3plus import DeepLabV3PlusHead
 from ma_resnet.models.heads.dnlnet import DisentangledNonLocal, DNLHead
 from ma_resnet.models.heads.fcn import Classifier, ClassifierHead, FCNHead, auxiliary_fcn_head
@@ -27,15 +29,6 @@ from ma_resnet.models.heads.pspnet import PSPHead, PyramidPooling, adaptive_avg_
 from ma_resnet.models.heads.sfnet import FlowAlignment, SFNetHead, flow_warp, grid_sample_bilinear
 
 _NOT_OPTIONS = ('num_classes', 'dtype', 'precision', 'parent', 'name')
-ALL_STAGES = ('stage1', 'stage2', 'stage3', 'stage4')
-
-
-def stages_read(head) -> tuple[str, ...]:
-  """The maps a head reads: its `stages` / `in_stage` / `low_level` / `high_level` fields, else all stages."""
-  if hasattr(head, 'stages'):
-    return tuple(head.stages)
-  fields = [getattr(head, name) for name in ('in_stage', 'low_level', 'high_level') if hasattr(head, name)]
-  return tuple(fields) if fields else ALL_STAGES
 
 
 def head_options(head_class) -> tuple[str, ...]:
@@ -48,7 +41,7 @@ def head_factory(name: str, head_class, **fixed) -> Callable[..., Any]:
   called `name`.
 
   `fixed` are preset fields (e.g. `in_stage` of an auxiliary head); options override them. Unknown options
-  raise a ValueError naming the head and its options; list values become tuples (configs from the command
+  raise a ConfigError naming the head and its options; list values become tuples (configs from the command
   line or JSON carry lists).
   """
   allowed = head_options(head_class)
@@ -56,11 +49,11 @@ def head_factory(name: str, head_class, **fixed) -> Callable[..., Any]:
   def factory(num_classes: int, dtype, precision=None, **options):
     unknown = sorted(set(options) - set(allowed))
     if unknown:
-      raise ValueError(
-          f'model.head_options has option(s) {unknown} that the {name!r} head does not take; its options are '
-          f'{list(allowed)}. head_options must hold the options of the chosen head only (the default config '
-          f"holds 'aspp_rates', which is deeplabv3plus's): set model.head_options to {{}} or to this head's "
-          'options.')
+      raise ConfigError(
+          f'invalid config: model.head_options has option(s) {unknown} that the {name!r} head does not take; '
+          f'its options are {list(allowed)}. head_options must hold the options of the chosen head only (the '
+          f"default config holds 'aspp_rates', which is deeplabv3plus's): set model.head_options to {{}} or to "
+          "this head's options.")
     options = {k: tuple(v) if isinstance(v, list) else v for k, v in {**fixed, **options}.items()}
     return head_class(num_classes, dtype=dtype, precision=precision, **options)
 
@@ -71,6 +64,6 @@ def head_factory(name: str, head_class, **fixed) -> Callable[..., Any]:
 
 
 __all__ = ['DeepLabV3PlusHead', 'PSPHead', 'SFNetHead', 'DNLHead', 'FCNHead', 'ClassifierHead',
-           'auxiliary_fcn_head', 'stages_read',
+           'auxiliary_fcn_head',
            'Classifier', 'PyramidPooling', 'FlowAlignment', 'DisentangledNonLocal', 'adaptive_avg_pool',
            'adaptive_pool_matrix', 'grid_sample_bilinear', 'flow_warp', 'head_factory', 'head_options']

@@ -82,6 +82,10 @@ class DeepLabV3PlusHead(nn.Module):
   dtype: Any = jnp.float32
   precision: Any = None
 
+  def stages_read(self) -> tuple[str, ...]:
+    """The maps this head reads."""
+    return (self.low_level, self.high_level)
+
   @nn.compact
   def __call__(self, features: dict, train: bool = False):
     x = ASPP(self.aspp_rates, features=self.channels, dtype=self.dtype, precision=self.precision, name='aspp')(

@@ -32,7 +32,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ma_resnet.models.heads.fcn import Classifier, default_channels
+from ma_resnet.models.heads.fcn import Classifier, ReadsOneMap, default_channels
 from ma_resnet.models.layers import ConvBN, batch_norm, conv
 
 
@@ -74,7 +74,7 @@ class DisentangledNonLocal(nn.Module):
     return x + y
 
 
-class DNLHead(nn.Module):
+class DNLHead(ReadsOneMap, nn.Module):
   """mmseg DNLHead on `features[in_stage]`. See the module docstring.
 
   Attributes:

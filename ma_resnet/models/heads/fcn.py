@@ -30,6 +30,14 @@ import jax.numpy as jnp
 from ma_resnet.models.layers import ConvBN
 
 
+class ReadsOneMap:
+  """Mixin of the heads that read one map, their field `in_stage`: declares it (`stages_read`)."""
+
+  def stages_read(self) -> tuple[str, ...]:
+    """The maps this head reads."""
+    return (self.in_stage,)
+
+
 class Classifier(nn.Module):
   """mmseg's `cls_seg`: Dropout2d (whole channels of a sample, `broadcast_dims` over H, W), 1x1 conv with bias.
 
@@ -52,7 +60,7 @@ def default_channels(channels: int | None, in_channels: int) -> int:
   return channels if channels else max(in_channels // 4, 1)
 
 
-class FCNHead(nn.Module):
+class FCNHead(ReadsOneMap, nn.Module):
   """mmseg FCNHead on `features[in_stage]`. See the module docstring.
 
   Attributes:
@@ -92,7 +100,7 @@ class FCNHead(nn.Module):
                       name='classifier')(y, train)
 
 
-class ClassifierHead(nn.Module):
+class ClassifierHead(ReadsOneMap, nn.Module):
   """Only mmseg's `cls_seg` on `features[in_stage]`: Dropout2d, then a 1x1 conv with bias to the classes.
 
   The head of a model whose temporal module ends in its own bottleneck (TMANet: `temporal.TMA` replaces

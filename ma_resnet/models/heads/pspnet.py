@@ -25,7 +25,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from ma_resnet.models.heads.fcn import Classifier, default_channels
+from ma_resnet.models.heads.fcn import Classifier, ReadsOneMap, default_channels
 from ma_resnet.models.layers import ConvBN
 from ma_resnet.models.ops import resize_bilinear
 
@@ -91,7 +91,7 @@ class PyramidPooling(nn.Module):
                   name='bottleneck')(jnp.concatenate([x] + pooled, axis=-1), train)
 
 
-class PSPHead(nn.Module):
+class PSPHead(ReadsOneMap, nn.Module):
   """mmseg PSPHead on `features[in_stage]`. See the module docstring.
 
   Attributes:

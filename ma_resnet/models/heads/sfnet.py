@@ -130,6 +130,10 @@ class SFNetHead(nn.Module):
   dtype: Any = jnp.float32
   precision: Any = None
 
+  def stages_read(self) -> tuple[str, ...]:
+    """The maps this head reads."""
+    return tuple(self.stages)
+
   @nn.compact
   def __call__(self, features: dict, train: bool = False):
     unit = lambda *a, **k: ConvBN(*a, dtype=self.dtype, precision=self.precision, **k)

@@ -28,18 +28,73 @@ With `interleaved = True` (PCMA's feed-forward option) the fused maps of a stage
 stage; the segmenter then runs the backbone stage by stage, one frame after another, calling the three parts
 with the maps of one stage (T = 1). Modules must therefore accept maps holding only some of their stages.
 
-Adding a module: subclass `TemporalModule` in a file of this package (its paper section in the docstring),
-add its options to `ma_resnet.models.build.default_model_config()` and its constructor to `TEMPORAL_MODULES`.
+Construction: every module is made by `from_config(options, context)` from its block of the model config (a
+mapping, e.g. `model.pcma`) and a `BuildContext` (the backbone's static description, the maps the heads read,
+the classes, dtype, precision). It checks its own options against them and raises ValueError naming the option
+at fault; `build` prefixes 'invalid config: model.<name>'. `check_feature_shapes` refuses a frame size whose
+maps the module cannot take (config validation calls it for every size a run uses, before anything runs).
+
+Adding a module: subclass `TemporalModule` in a file of this package (its paper section in the docstring) with
+`from_config`, add its options to `ma_resnet.models.build.default_model_config()` and the class to
+`build.TEMPORAL_MODULES`.
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import dataclasses
+from typing import Any, ClassVar, Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 FeatureShapes = dict  # map name -> (h, w, channels) for a given frame size
+PROBE_SIZE = (256, 256)  # a frame size every backbone takes: channels do not depend on it
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildContext:
+  """What `TemporalModule.from_config` gets besides its options.
+
+  backbone: the backbone module, unbound (its static description: `feature_shapes(frame size)`, and methods
+    such as LERNet's `high_level`); heads_read: the maps the head and the auxiliary head read; num_classes;
+    dtype / precision: of the model. notes: warnings for the user (things the config asks for that are not
+    built); `build` logs them.
+  """
+  backbone: Any
+  heads_read: frozenset
+  num_classes: int
+  dtype: Any = jnp.float32
+  precision: Any = None
+  notes: list = dataclasses.field(default_factory=list)
+
+  def channels(self) -> dict[str, int]:
+    """Map name -> channels of every map the backbone offers."""
+    return {name: shape[2] for name, shape in self.backbone.feature_shapes(PROBE_SIZE).items()}
+
+  def require_map(self, name: str, option: str) -> int:
+    """The channels of backbone map `name` (set by `option`); ValueError when the backbone has no such map."""
+    channels = self.channels()
+    if name not in channels:
+      raise ValueError(f'{option}={name!r} is not a map of the backbone {type(self.backbone).__name__} '
+                       f'({sorted(channels)})')
+    return channels[name]
+
+  def require_read(self, name: str, option: str, head_hint: str) -> None:
+    """ValueError unless the heads read map `name` (the map the module replaces: otherwise it is wasted)."""
+    if name not in self.heads_read:
+      raise ValueError(f'{option}={name!r} is not read by the head (it reads {sorted(self.heads_read)}): '
+                       f'{head_hint}')
+
+
+def parse_options(options_class, options: Mapping | None):
+  """`options_class` (a frozen dataclass) from a config block: lists become tuples; a key that is not one of its
+  fields is a ValueError naming the fields (the dataclass checks the values)."""
+  options = dict(options or {})
+  fields = [f.name for f in dataclasses.fields(options_class)]
+  unknown = sorted(set(options) - set(fields))
+  if unknown:
+    raise ValueError(f'unknown option(s) {unknown}; the options of {options_class.__name__} are {fields}')
+  return options_class(**{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})
 
 
 class TemporalModule(nn.Module):
@@ -57,6 +112,16 @@ class TemporalModule(nn.Module):
   delay: ClassVar[int] = 0
   # What reports call a frame whose `enhanced` is False / True (evaluation scores them apart, predict lists them).
   frame_kinds: ClassVar[tuple[str, str]] = ('warm-up', 'with memory')
+
+  @classmethod
+  def from_config(cls, options: Mapping | None, context: BuildContext) -> 'TemporalModule':
+    """The module for its config block `options` (e.g. `model.pcma`) and `context`; ValueError naming the option
+    that does not fit."""
+    raise NotImplementedError(f'{cls.__name__} must define from_config')
+
+  def check_feature_shapes(self, feature_shapes: FeatureShapes) -> None:
+    """ValueError when the module cannot take maps of these shapes (name -> (h, w, C) for one frame size)."""
+    del feature_shapes
 
   def stages_read(self) -> tuple[str, ...]:
     return ()

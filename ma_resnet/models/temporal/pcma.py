@@ -22,7 +22,7 @@ the code's behaviour, number for number.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Mapping
 
 import flax
 import flax.linen as nn
@@ -32,7 +32,7 @@ import jax.numpy as jnp
 from ma_resnet.models import attention as attention_lib
 from ma_resnet.models.layers import BN_EPSILON, BN_MOMENTUM, ConvBN
 from ma_resnet.models.ops import resize_bilinear, resize_nearest
-from ma_resnet.models.temporal.base import FeatureShapes, TemporalModule, push
+from ma_resnet.models.temporal.base import BuildContext, FeatureShapes, TemporalModule, parse_options, push
 
 _MASKED = attention_lib.MASKED  # attention logit of an empty memory slot
 
@@ -326,6 +326,31 @@ class PCMA(TemporalModule):
   @property
   def interleaved(self) -> bool:  # enhanced maps also feed the next stage
     return self.options.feed_forward
+
+  @classmethod
+  def from_config(cls, options: Mapping, context: BuildContext) -> 'PCMA':
+    """PCMA on the configured stages the heads read: with `feed_forward` off the enhanced maps go only to the
+    head, so a stage it does not read is dropped (a note), and none left is an error."""
+    options = parse_options(PCMAOptions, options)
+    stages = options.stages
+    if not options.feed_forward:
+      unread = [s for s in stages if s not in context.heads_read]
+      if unread and len(unread) == len(stages):
+        raise ValueError(f'stages={stages}, but the head reads only {sorted(context.heads_read)} and the '
+                         'enhanced maps go only to the head: the memory could not change a prediction. Put PCMA on '
+                         'a stage the head reads, or set model.pcma.feed_forward=True.')
+      if unread:
+        context.notes.append(f'PCMA on {unread} is not built: the head reads only {sorted(context.heads_read)}, '
+                             f'so it could not change a prediction (model.pcma.stages={stages}).')
+        options = dataclasses.replace(options, stages=tuple(s for s in stages if s in context.heads_read))
+    channels = tuple(context.require_map(s, 'stages') for s in options.stages)
+    for c in channels:
+      options.channels(c)  # r*C must be even
+    return cls(options, channels, dtype=context.dtype, precision=context.precision)
+
+  def check_feature_shapes(self, feature_shapes: FeatureShapes) -> None:
+    for stage in self.options.stages:
+      memory_size(feature_shapes[stage][:2])
 
   def setup(self):
     if len(self.channels) != len(self.options.stages):

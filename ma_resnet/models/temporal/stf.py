@@ -62,7 +62,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import flax
 import flax.linen as nn
@@ -71,7 +71,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from ma_resnet.models.temporal.base import FeatureShapes, TemporalModule
+from ma_resnet.errors import ConfigError
+from ma_resnet.models.temporal.base import BuildContext, FeatureShapes, TemporalModule, parse_options
 
 EDGE_RULES = ('repeat', 'mirror')
 MEMORY_FILES = ('key.npy', 'value.npy')
@@ -330,11 +331,11 @@ class DecoderLayer(nn.Module):
 
 
 def check_feature_size(size: tuple[int, int], block_size: tuple[int, int]) -> None:
-  """ValueError unless the feature map (h, w) is a whole number of ICSA blocks."""
+  """ConfigError (a ValueError) unless the feature map (h, w) is a whole number of ICSA blocks."""
   h, w = size
   bh, bw = block_size
   if h % bh or w % bw:
-    raise ValueError(
+    raise ConfigError(
         f'STF needs a feature map whose height and width are multiples of the {bh}x{bw} ICSA blocks '
         f'(model.stf.block_size), got {h}x{w}: at output stride 8 use frames whose size is a multiple of '
         f'{8 * bh}x{8 * bw} (e.g. resize or crop to {8 * bh * max(1, -(-h // bh))}x{8 * bw * max(1, -(-w // bw))})')
@@ -484,6 +485,22 @@ class STF(TemporalModule):
 
   delay: ClassVar[int] = 1
   frame_kinds: ClassVar[tuple[str, str]] = ('sequence edge', 'both neighbours')
+
+  @classmethod
+  def from_config(cls, options: Mapping, context: BuildContext) -> 'STF':
+    """STF on `stage` (the PSP bottleneck of the 'pspnet' backbone), which the classifier head reads."""
+    options = parse_options(STFOptions, options)
+    try:
+      channels = context.require_map(options.stage, 'stage')
+    except ValueError as e:
+      raise ValueError(f"{e}: STF reads the PSP bottleneck, model.backbone='pspnet' and stage 'psp'") from None
+    context.require_read(options.stage, 'stage', "STF's head is model.head='classifier' with "
+                         'head_options.in_stage = model.stf.stage')
+    return cls(options, channels=channels, num_classes=context.num_classes, dtype=context.dtype,
+               precision=context.precision)
+
+  def check_feature_shapes(self, feature_shapes: FeatureShapes) -> None:
+    check_feature_size(feature_shapes[self.options.stage][:2], self.options.block_size)
 
   def setup(self):
     self.stf = STFTransformer(self.options, self.channels, self.dtype, self.precision)

@@ -31,7 +31,7 @@ convolutions per kind of frame; `separate_decoder` is not offered: eq. 4 feeds F
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 
 import flax
 import flax.linen as nn
@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 
 from ma_resnet.models.layers import conv
-from ma_resnet.models.temporal.base import FeatureShapes, TemporalModule
+from ma_resnet.models.temporal.base import BuildContext, FeatureShapes, TemporalModule, parse_options
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +115,19 @@ class THA(TemporalModule):
 
   needs_backbone: ClassVar[bool] = True
   frame_kinds: ClassVar[tuple[str, str]] = ('key', 'non-key')
+
+  @classmethod
+  def from_config(cls, options: Mapping, context: BuildContext) -> 'THA':
+    """THA on LERNet (it runs the backbone's high-level part, `high_level`, on key frames only); the head reads
+    the 'high' map THA writes."""
+    options = parse_options(THAOptions, options)
+    if not callable(getattr(context.backbone, 'high_level', None)):
+      raise ValueError("model.temporal='tha' needs model.backbone='lernet' (it runs LERNet's high-level part on "
+                       'key frames only)')
+    context.require_map(options.low, 'low')
+    context.require_read(options.high, 'high', "LERNet's decoder is model.head='classifier' with "
+                         "head_options.in_stage='high'")
+    return cls(options, dtype=context.dtype, precision=context.precision)
 
   def setup(self):
     o = self.options

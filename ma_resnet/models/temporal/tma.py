@@ -30,7 +30,7 @@ Intermediates (`mutable=['intermediates']`, under `temporal`), one row per frame
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Mapping
 
 import flax
 import flax.linen as nn
@@ -39,7 +39,7 @@ import jax.numpy as jnp
 
 from ma_resnet.models import attention as attention_lib
 from ma_resnet.models.layers import ConvBN
-from ma_resnet.models.temporal.base import FeatureShapes, TemporalModule, push
+from ma_resnet.models.temporal.base import BuildContext, FeatureShapes, TemporalModule, parse_options, push
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,6 +143,15 @@ class TMA(TemporalModule):
   options: TMAOptions = TMAOptions()
   dtype: Any = jnp.float32
   precision: Any = None
+
+  @classmethod
+  def from_config(cls, options: Mapping, context: BuildContext) -> 'TMA':
+    """TMA on `stage`, a map of the backbone that the head reads (TMA replaces it)."""
+    options = parse_options(TMAOptions, options)
+    context.require_map(options.stage, 'stage')
+    context.require_read(options.stage, 'stage', "TMANet's head is model.head='classifier' with "
+                         'head_options.in_stage = model.tma.stage')
+    return cls(options, dtype=context.dtype, precision=context.precision)
 
   def setup(self):
     o = self.options
