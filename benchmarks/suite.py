@@ -1,7 +1,7 @@
 r"""Every speed figure of the project in one run: one JSON line per figure, then a summary table.
 
     python benchmarks/suite.py --smoke                          # tiny models and sizes: what CI runs
-    python benchmarks/suite.py --size 256,384 --budget 3000     # this 2-core CPU (the README table)
+    python benchmarks/suite.py --size 256,384 --budget 3000     # a 2-core x86 CPU (docs/benchmarks.md)
     python benchmarks/suite.py --only attention                 # PCMA's attention alone, dense vs chunked
 
 On a GPU machine, from the repository root (order: attention, step (+ torchvision, precision), training step,

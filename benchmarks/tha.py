@@ -6,7 +6,7 @@
 
 flops: parameters and XLA cost analysis of LERNet with its decoder (19 classes) on one 512x1024 frame, for both
   readings of the RDDS branch width and the single-branched ablation, beside the paper's 0.65 M / 12.7 G and
-  0.37 M / 5.0 G. XLA counts a multiply-add as 2 FLOPs; the paper's "GFLOPs" match multiply-adds (see README).
+  0.37 M / 5.0 G. XLA counts a multiply-add as 2 FLOPs; the paper's "GFLOPs" match multiply-adds (see docs/systems.md).
 speed: the jitted one-frame `step`, batch 1: a key frame (the whole LERNet + THA bookkeeping), a non-key frame
   (P_l + THA + decoder), their average over K = 5 (1 key + 4 non-key), streaming 5 frames in a row, and
   MA-ResNet50-vd + DeepLabV3+ beside them; all interleaved in rounds, medians printed. This prints figures; it

@@ -9,10 +9,10 @@ Stop it at any time (Ctrl-C, kill) and run the same command again: it resumes fr
 (every 100 steps, about 5 minutes of work) with the same data order, so the pieces add up to one run and the
 total stays within the budget (each restart costs ~1 minute of start-up and compilation).
 
-The budget is everything train.py does on this machine (2 cores, no GPU): start-up, compilation, 1050 SGD
-steps, validation at steps 350, 700 and 1050, checkpoints. There are no ImageNet weights here, so everything
-is learned from scratch and the budget buys about a thousand steps; every choice below trades detail or
-capacity for steps. Figures are training-step times on this machine, from `python benchmarks/train_step.py
+The budget is everything train.py does on a 2-core x86 CPU: start-up, compilation, 1050 SGD
+steps, validation at steps 350, 700 and 1050, checkpoints. The config starts from scratch (no ImageNet weights), so everything
+is learned and the budget buys about a thousand steps; every choice below trades detail or
+capacity for steps. Figures are training-step times on that CPU, from `python benchmarks/train_step.py
 --config=configs/camvid_cpu.py --set batch_size=2 --set data.crop_size="(240, 320)" --set model.temporal="'plain'"
 --set model.head_options="{...}"` (the head options compared are given below):
 - ResNet18 (torchvision stem), output stride 32: the paper's ResNet50-vd at output stride 8 takes 168 s per
@@ -36,7 +36,7 @@ capacity for steps. Figures are training-step times on this machine, from `pytho
 - Class balancing (`class_balance` 0.5: weights (median frequency / frequency)^0.5, from 0.38 for road to
   3.9 for bicyclist): poles, signs, pedestrians and bicyclists are a few percent of the pixels but weigh as
   much as road in the mIoU.
-Measured on this machine (README, "CamVid from scratch"): MA 50 min 30 s in two pieces, 2.82 s/step, val mIoU
+Measured on a 2-core x86 CPU (docs/results.md, "CamVid from scratch"): MA 50 min 30 s in two pieces, 2.82 s/step, val mIoU
 52.80%; plain 49 min 19 s, 2.78 s/step, 52.65%.
 """
 from ma_resnet.train_config import base_config

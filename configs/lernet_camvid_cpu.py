@@ -7,7 +7,7 @@ r"""LERNet per frame, then LERNet + THA (K = 5), on CamVid from scratch on a 2-c
     python eval.py --workdir=workdirs/lernet_tha_camvid_cpu --checkpoint=latest
 
 Like `configs/camvid_cpu.py`, at a third of the resolution (LERNet's depthwise convolutions are slow to train on
-this CPU: 120x160 crops of frames scaled 0.3-0.4, evaluation on 120x160 frames with the logits scored on the
+a 2-core x86 CPU: 120x160 crops of frames scaled 0.3-0.4, evaluation on 120x160 frames with the logits scored on the
 360x480 labels), flips, colour jitter, sqrt median-frequency class balancing, SGD momentum 0.9 with warm-up and
 poly decay, weight decay 1e-4 on kernels; from scratch (no Cityscapes pre-training here), so the learning
 rates are the CPU recipe's (0.05), not the paper's 5e-4.

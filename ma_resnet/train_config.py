@@ -86,7 +86,8 @@ COMPUTE_DTYPES = ('float32', 'bfloat16')
 
 
 def base_config(dataset: str = 'synthetic') -> ml_collections.ConfigDict:
-  """Every training field with its default, for `dataset` ('synthetic' | 'camvid' | 'vspw')."""
+  """Every training field with its default, for `dataset` (one of `data.pipeline.DATASET_NAMES`: 'synthetic' |
+  'camvid' | 'cityscapes' | 'vspw')."""
   config = ml_collections.ConfigDict()
   config.compute_dtype = 'float32'
   config.model = default_model_config()

@@ -19,7 +19,7 @@ Readings of the paper (each choice is an option where both are plausible):
   third downsampling fits both, so 'low' is that (the downsamplings counted from zero).
 - Branch width (`branch_width`): 'full' (each branch keeps C channels, "maximum is 128 in each branch") or
   'half' (each branch ends in C/2 channels, so the concatenation has C). The parameter counts of the two
-  readings bracket the paper's 0.65 M (see the README).
+  readings bracket the paper's 0.65 M (see docs/systems.md).
 - Convolution biases: none before a batch norm; the pointwise convs that no BN follows (the second of each
   branch, the fusion) carry a bias. Dropout rate 0.03 (not given; LEDNet's value), `dropout`.
 - `single_branch=True`: the paper's single-branched ablation (one branch, no concatenation; the fusion 1x1 kept).

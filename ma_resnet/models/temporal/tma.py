@@ -16,7 +16,7 @@ of the current sequence have been seen. The parts of the temporal interface:
    TMANet is then a classifier (`heads.ClassifierHead`: Dropout2d(0.1), 1x1 conv with bias).
    ConvModule = conv (no bias) -> BN -> ReLU.
 
-Warm-up (`warmup='repeat'`): the authors' data pipeline always gives T real earlier frames (Cityscapes: the
+Warm-up (fixed, not an option): the authors' data pipeline always gives T real earlier frames (Cityscapes: the
 labelled 20th frame of a 30-frame snippet; CamVid: earlier frames of the 30 fps video), so the model never sees
 a missing slot. At the start of a sequence we repeat its first frame: an empty window is filled with the
 current frame, which makes the window for frame t exactly frames max(t-T, 0) .. max(t-1, 0), every slot a real
