@@ -48,7 +48,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ma_resnet.convert.checkpoint_io import ConversionError, checked_arrays, set_variable
+from ma_resnet.convert.checkpoint_io import ConversionError, checked_arrays, nested_variables
 from ma_resnet.convert.tmanet import reference_name_table as tmanet_name_table
 from ma_resnet.convert.weight_files import state_dict_of
 from ma_resnet.models.build import build, default_model_config, stf_pspnet50
@@ -212,11 +212,8 @@ def apply_rules(state: Mapping[str, Any], rules: Mapping[str, Rule], ignored: fr
   mis-shaped name (`checkpoint_io.checked_arrays`). Returns {'params': ..., ('batch_stats': ...)} of float32
   numpy arrays."""
   arrays = checked_arrays(state, {name: rule.shape for name, rule in rules.items()}, ignored, what)
-  variables: dict[str, dict] = {}
-  for name, rule in rules.items():
-    for target in rule.targets:
-      set_variable(variables, target.collection, target.path, target.fn(arrays[name]))
-  return variables
+  return nested_variables(('/'.join((target.collection,) + tuple(target.path)), target.fn(arrays[name]))
+                          for name, rule in rules.items() for target in rule.targets)
 
 
 def load_reference(state_dict_or_path: Mapping[str, Any] | str | os.PathLike, *, num_classes: int = 19,

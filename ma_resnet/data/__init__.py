@@ -16,7 +16,7 @@ from ma_resnet.data.cityscapes import (CITYSCAPES_CLASS_NAMES, CITYSCAPES_NUM_CL
 from ma_resnet.data.errors import DataError, DataNotFoundError
 from ma_resnet.data.image_files import IGNORE_INDEX
 from ma_resnet.data.pipeline import (IMAGENET_MEAN, IMAGENET_STD, ClipSource, EvalStream, class_names, class_pixel_counts, close_iterator,
-                                     default_data_config, ignore_index, make_eval_stream, make_sequences,
+                                     default_data_config, make_eval_stream, make_sequences,
                                      make_train_iterator, make_train_loader, num_classes, palette, validate_data)
 from ma_resnet.data.sequences import Frame, SequenceDataset
 from ma_resnet.data.synthetic import SyntheticVideo, per_frame_miou_bound
@@ -29,7 +29,7 @@ __all__ = [
     "CamVidSequences", "CityscapesSequences", "DataError", "DataNotFoundError", "EvalStream", "Frame", "IGNORE_INDEX",
     "IMAGENET_MEAN", "IMAGENET_STD", "SequenceDataset", "SyntheticVideo", "VSPW_CLASS_NAMES", "VSPW_NUM_CLASSES",
     "VSPW_PALETTE", "VSPW_PERSON_CLASS", "VSPW_PERSON_CLASS_NAMES", "VSPW_PERSON_PALETTE", "VspwSequences",
-    "augment_clip", "class_names", "class_pixel_counts", "close_iterator", "default_data_config", "ignore_index", "make_eval_stream", "make_sequences",
+    "augment_clip", "class_names", "class_pixel_counts", "close_iterator", "default_data_config", "make_eval_stream", "make_sequences",
     "make_train_iterator", "make_train_loader", "normalize_images", "num_classes", "palette", "parse_frame_name",
     "validate_data",
     "per_frame_miou_bound", "resize_clip", "sample_clip_augmentation",

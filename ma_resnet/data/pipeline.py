@@ -123,7 +123,6 @@ from ma_resnet.data.vspw import (VSPW_CLASS_NAMES, VSPW_PALETTE, VSPW_PERSON_CLA
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DATASET_NAMES = ("synthetic", "camvid", "vspw", "cityscapes")
-ignore_index = IGNORE_INDEX
 
 # --- configuration ------------------------------------------------------------------------------------------------
 
