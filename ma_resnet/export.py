@@ -32,7 +32,6 @@ compile), and a runtime puts them on the device once.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import re
@@ -204,11 +203,8 @@ def streaming_functions(model, *, frame_size: tuple[int, int], model_size: tuple
 
 
 def _sha256(path: str) -> str:
-  digest = hashlib.sha256()
-  with open(path, 'rb') as f:
-    for block in iter(lambda: f.read(1 << 20), b''):
-      digest.update(block)
-  return digest.hexdigest()
+  import pooch
+  return pooch.file_hash(path, alg='sha256')
 
 
 def check_out(out: str) -> str:

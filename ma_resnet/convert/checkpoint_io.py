@@ -19,7 +19,6 @@ Nothing here imports torch, paddle or orbax at module import time.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import os
 from collections.abc import Iterable, Mapping
@@ -231,11 +230,8 @@ def unwrap_state_dict(obj: Any, source: str) -> dict[str, Any]:
 # Converted checkpoints.
 
 def _sha256(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, 'rb') as f:
-    for chunk in iter(lambda: f.read(1 << 20), b''):
-      h.update(chunk)
-  return h.hexdigest()
+  import pooch
+  return pooch.file_hash(path, alg='sha256')
 
 
 def make_metadata(*, depth: int, variant: str, framework: str, converter: str, source_file: str | None,
