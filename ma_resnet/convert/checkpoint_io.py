@@ -189,11 +189,9 @@ def shaped_table(rows: Mapping[str, tuple[str, tuple[str, ...], str]], model_sha
   """A `Table` from rows `source name -> (collection, Flax path, transform)`, each row's expected source shape
   read off `model_shapes` (e.g. `jax.eval_shape(model.init, ...)`): the model defines the shapes."""
   entries = {}
+  flat = trees.flatten(model_shapes)
   for name, (collection, path, transform) in rows.items():
-    target = model_shapes[collection]
-    for key in path:
-      target = target[key]
-    shape = tuple(target.shape)
+    shape = tuple(flat['/'.join((collection,) + tuple(path))].shape)
     if transform == 'conv_oihw_to_hwio':
       shape = (shape[3], shape[2], shape[0], shape[1])
     elif transform == 'linear_oi_to_io':

@@ -48,6 +48,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from ma_resnet import trees
 from ma_resnet.convert.checkpoint_io import ConversionError, checked_arrays, nested_variables
 from ma_resnet.convert.tmanet import reference_name_table as tmanet_name_table
 from ma_resnet.convert.weight_files import state_dict_of
@@ -116,18 +117,11 @@ def reference_model(num_classes: int = 19, *, embedding_size: tuple[int, int] = 
                                       precision=precision), num_classes)
 
 
-def _shape_at(shapes: Mapping, collection: str, path: tuple[str, ...]) -> tuple[int, ...]:
-  node = shapes[collection]
-  for key in path:
-    node = node[key]
-  return tuple(node.shape)
-
-
 def reference_rules(model: VideoSegmenter, *, with_pspnet: bool) -> tuple[dict[str, Rule], frozenset[str]]:
   """(reference name -> Rule, names accepted and dropped) for `model` (a `reference_model`); source shapes
   from the model's own shapes. `with_pspnet`: also the PSPNet extractor's names (the full authors' model)."""
-  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 1, 128, 128, 3)))
-  shape = lambda collection, path: _shape_at(shapes, collection, path)
+  shapes = trees.flatten(jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 1, 128, 128, 3))))
+  shape = lambda collection, path: tuple(shapes['/'.join((collection,) + tuple(path))].shape)
   rules: dict[str, Rule] = {}
   ignored: set[str] = set()
 

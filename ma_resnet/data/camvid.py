@@ -283,4 +283,4 @@ def read_camvid(config, split: str, root: str) -> CamVidSequences:
 SPEC = DatasetSpec(
     name="camvid", read=read_camvid, splits=("train", "val", "test"), class_names=CAMVID_CLASS_NAMES,
     palette=CAMVID_PALETTE, crop_size=(360, 480), defaults={"mean": CAMVID_MEAN, "std": CAMVID_STD},
-    options={"camvid": {"video_frames": ""}}, tfds=True)
+    options={"camvid": {"video_frames": ""}})

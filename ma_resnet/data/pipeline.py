@@ -214,7 +214,7 @@ def make_sequences(data_config: Any, split: str | None = None) -> SequenceDatase
   spec = registry.get(_field(data_config, "name"))
   split = split or _field(data_config, "split")
   source = _field(data_config, "source") if spec.needs_root else "folder"
-  if source == "tfds" and spec.tfds:
+  if source == "tfds":  # camvid, vspw: `tfds_builders.BUILDERS`
     from ma_resnet.data.tfds_builders import TfdsSequences  # tensorflow_datasets only when asked for
     data_dir = _field(data_config, "tfds_data_dir")
     if not data_dir:

@@ -3,7 +3,7 @@
     SPEC = DatasetSpec(
         name='camvid', read=read_camvid, splits=('train', 'val', 'test'),
         class_names=CAMVID_CLASS_NAMES, palette=CAMVID_PALETTE, crop_size=(360, 480),
-        defaults={'mean': CAMVID_MEAN, 'std': CAMVID_STD}, options={'camvid': {'video_frames': ''}}, tfds=True)
+        defaults={'mean': CAMVID_MEAN, 'std': CAMVID_STD}, options={'camvid': {'video_frames': ''}})
 
 `read(config, split, root) -> SequenceDataset` builds a split from the data config (`config` answers every field
 of `pipeline.default_data_config`, `root` is the dataset folder: `data.root` or `<repo>/../shared/data/<name>`;
@@ -39,7 +39,6 @@ class DatasetSpec:
   defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # other data fields it sets (mean, std...)
   options: Mapping[str, Any] = dataclasses.field(default_factory=dict)   # its own fields, in every data config
   needs_root: bool = True                # reads files under data.root (the synthetic video does not)
-  tfds: bool = False                     # also readable with data.source='tfds' (`tfds_builders.BUILDERS`)
 
   def names_of_classes(self, config) -> tuple[str, ...]:
     return tuple(self.class_names(config) if callable(self.class_names) else self.class_names)

@@ -155,4 +155,4 @@ SPEC = DatasetSpec(
     class_names=lambda config: VSPW_CLASS_NAMES if _semantic(config) else VSPW_PERSON_CLASS_NAMES,
     palette=lambda config: VSPW_PALETTE if _semantic(config) else VSPW_PERSON_PALETTE, crop_size=(480, 480),
     defaults={"mean": IMAGENET_MEAN, "std": IMAGENET_STD},
-    options={"vspw_mode": "semantic", "person_class": VSPW_PERSON_CLASS}, tfds=True)
+    options={"vspw_mode": "semantic", "person_class": VSPW_PERSON_CLASS})
