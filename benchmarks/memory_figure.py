@@ -13,7 +13,8 @@ import argparse
 
 import numpy as np
 
-from ma_resnet import checkpoints, inference
+from ma_resnet import inference
+from ma_resnet.runs import load_run
 from ma_resnet.data import make_sequences
 from ma_resnet.visualize import colorize, resize_image, save_png
 
@@ -42,7 +43,7 @@ def main():
   parser.add_argument('--scale', type=float, default=2, help='display scale of the frames (2: 64x64 -> 128)')
   args = parser.parse_args()
 
-  runs = {name: checkpoints.load_run(path, args.checkpoint) for name, path in (('ma', args.ma), ('plain', args.plain))}
+  runs = {name: load_run(path, args.checkpoint) for name, path in (('ma', args.ma), ('plain', args.plain))}
   sequences = make_sequences(runs['ma'].config.data, runs['ma'].config.eval_split)
   frames = [sequences.read_frame(args.sequence, p) for p in range(sequences.sequence_length(args.sequence))]
   shown = range(0, len(frames), args.every)

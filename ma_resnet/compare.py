@@ -13,7 +13,7 @@ checkpoint step; then the per-class IoU (classes as rows). Printed as Markdown; 
 Where each number comes from:
   accuracy      the run's `eval_<split>.json` (eval.py), else the final validation in `train_result.json` when it
                 is of that split; split: --split, else each run's `eval_split`
-  model         `checkpoints.load_run` at the evaluated checkpoint step (the latest when that one is gone)
+  model         `runs.load_run` at the evaluated checkpoint step (the latest when that one is gone)
   parameters    every entry of the variables' 'params' (batch-norm statistics not counted)
   GFLOPs/frame  XLA's cost analysis of the compiled one-frame `model.step` (batch 1) at the evaluation input size
                 (`data.eval_size`, else the first frame of the split, else --size). XLA counts a multiply-add as 2
@@ -182,17 +182,17 @@ def _frame_size(run: RunResult, size: tuple[int, int] | None) -> tuple[int, int]
 
 
 def _load(run: RunResult):
-  """The run's `checkpoints.Run` at its evaluated step (the latest when that one is gone), on one device."""
+  """The run's `runs.Run` at its evaluated step (the latest when that one is gone), on one device."""
   import jax
-  from ma_resnet import checkpoints, parallel
+  from ma_resnet import checkpoints, parallel, runs
   mesh = parallel.make_mesh(jax.local_devices()[:1])
   try:
     try:
-      return checkpoints.load_run(run.workdir, run.step if run.step is not None else 'best', mesh=mesh)
+      return runs.load_run(run.workdir, run.step if run.step is not None else 'best', mesh=mesh)
     except checkpoints.CheckpointError:
       if run.step is None:
         raise
-      return checkpoints.load_run(run.workdir, 'latest', mesh=mesh)
+      return runs.load_run(run.workdir, 'latest', mesh=mesh)
   except checkpoints.CheckpointError as e:
     raise CompareError(str(e), EXIT_CHECKPOINT) from None
 

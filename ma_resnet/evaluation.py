@@ -21,7 +21,7 @@ splits (VSPW's mean video consistency, `eval_vc_lengths`; absent with sparse lab
 consistency. `video_consistency` (re-exported here) is mVC_n's per-window accuracies of one video.
 
 `evaluate_run(workdir, ...)` is `eval.py`: restore the best (or latest) checkpoint of a run
-(`checkpoints.load_run`), evaluate, write `eval_<split>.json`, overlays and a per-class table. This module
+(`runs.load_run`), evaluate, write `eval_<split>.json`, overlays and a per-class table. This module
 never imports the trainer: the streamed step is `inference.segment_frames`, shared with video inference.
 """
 from __future__ import annotations
@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterator, Sequence
 import jax
 import numpy as np
 
-from ma_resnet import checkpoints, inference, parallel, streaming, video_metrics, visualize
+from ma_resnet import checkpoints, inference, parallel, runs, streaming, video_metrics, visualize
 from ma_resnet import data as data_lib
 from ma_resnet.data import DataError
 from ma_resnet.errors import ConfigError
@@ -376,7 +376,7 @@ def evaluate_run(workdir: str, *, split: str | None = None, checkpoint: str = 'b
   if os.path.isdir(workdir) and not os.path.isdir(os.path.join(workdir, checkpoints.CHECKPOINT_DIR)):
     raise checkpoints.CheckpointError(f'no checkpoint in {workdir}: train first (python train.py '
                                       f'--workdir={workdir})')
-  run = checkpoints.load_run(workdir, checkpoint, mesh=mesh)
+  run = runs.load_run(workdir, checkpoint, mesh=mesh)
   config = run.config
   if data_root:
     config.data.root = data_root

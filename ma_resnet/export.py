@@ -32,7 +32,6 @@ compile), and a runtime puts them on the device once.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import re
@@ -124,54 +123,10 @@ def resize_uint8(frames, size: tuple[int, int], vertical_first: bool | None = No
 
 # -- trees with named leaves -----------------------------------------------------------------------------------
 
-def _key_name(entry) -> str:
-  for attr in ('key', 'name', 'idx'):
-    if hasattr(entry, attr):
-      return str(getattr(entry, attr))
-  return str(entry)
-
-
-def leaf_paths(tree) -> list[str]:
-  """'/'-joined key path of every leaf of `tree`, in its flattening order."""
-  import jax
-  return ['/'.join(_key_name(k) for k in path) for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
-
-
-def _nest(pairs) -> dict:
-  """{'a/b': x, 'a/c': y} items -> {'a': {'b': x, 'c': y}}."""
-  nested: dict = {}
-  for path, leaf in pairs:
-    *parents, name = path.split('/')
-    node = nested
-    for parent in parents:
-      node = node.setdefault(parent, {})
-    node[name] = leaf
-  return nested
-
-
-def as_nested_dict(tree) -> dict:
-  """The leaves of any pytree (NamedTuples, dicts) in nested dicts keyed by their path: a tree that
-  `jax.export` serializes without the classes of this package."""
-  import jax
-  return _nest(zip(leaf_paths(tree), jax.tree_util.tree_leaves(tree)))
-
-
-def from_nested_dict(nested: dict, like) -> Any:
-  """The inverse of `as_nested_dict`: `nested`'s leaves in the tree structure of `like`."""
-  import jax
-
-  def lookup(path):
-    node = nested
-    for part in path.split('/'):
-      node = node[part]
-    return node
-  return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like), [lookup(p) for p in leaf_paths(like)])
-
-
 def flat_weights(variables) -> dict[str, np.ndarray]:
-  """{'params/backbone/stem/...': array}: the variables as the flat dict weights.npz stores."""
-  import jax
-  return {path: np.asarray(leaf) for path, leaf in zip(leaf_paths(variables), jax.tree_util.tree_leaves(variables))}
+  """{'params/backbone/stem/...': array}: the variables as the flat dict weights.npz stores (`trees.flatten`)."""
+  from ma_resnet import trees
+  return {path: np.asarray(leaf) for path, leaf in trees.flatten(variables).items()}
 
 
 def _spec_tree(tree) -> dict:
@@ -203,6 +158,8 @@ def streaming_functions(model, *, frame_size: tuple[int, int], model_size: tuple
   logits resized back to `frame_size` (`inference.segment_frames`), their arg-max."""
   import jax
   import jax.numpy as jnp
+  from flax import serialization
+  from ma_resnet import trees
   from ma_resnet.data import normalize_images
   from ma_resnet.models.ops import resize_bilinear
 
@@ -225,31 +182,29 @@ def streaming_functions(model, *, frame_size: tuple[int, int], model_size: tuple
     return {'labels': jnp.argmax(logits, axis=-1).astype(jnp.int32), 'logits': logits.astype(jnp.float32),
             'ready': out.ready.astype(bool), 'enhanced': out.enhanced.astype(bool)}
 
+  # The memory crosses the export as nested dicts (`to_state_dict`), a tree `jax.export` serializes without the
+  # classes of this package; the weights as the flat dict of `flat_weights`.
   def init(frames):
-    memory = model.init_memory(frames.shape[0], model_size)
-    return as_nested_dict(memory)
+    return serialization.to_state_dict(model.init_memory(frames.shape[0], model_size))
 
   def step(weights, frames, state, reset):
-    out = model.apply(_nest(weights.items()), prepare(frames), from_nested_dict(state, like), reset,
+    out = model.apply(trees.unflatten(weights), prepare(frames), serialization.from_state_dict(like, state), reset,
                       method=model.step)
-    return outputs(out), as_nested_dict(out.memory)
+    return outputs(out), serialization.to_state_dict(out.memory)
 
   def flush(weights, state):
-    memory = from_nested_dict(state, like)
+    memory = serialization.from_state_dict(like, state)
     batch = jax.tree_util.tree_leaves(memory)[0].shape[0]
     frame = jnp.zeros((batch,) + model_size + (3,), jnp.float32)  # only gives the size (`VideoSegmenter.flush`)
-    return outputs(model.apply(_nest(weights.items()), frame, memory, method=model.flush))
+    return outputs(model.apply(trees.unflatten(weights), frame, memory, method=model.flush))
 
   return StreamingFunctions(init=init, step=step, flush=flush if model.delay else None, frame_size=frame_size,
                             model_size=model_size)
 
 
 def _sha256(path: str) -> str:
-  digest = hashlib.sha256()
-  with open(path, 'rb') as f:
-    for block in iter(lambda: f.read(1 << 20), b''):
-      digest.update(block)
-  return digest.hexdigest()
+  import pooch
+  return pooch.file_hash(path, alg='sha256')
 
 
 def check_out(out: str) -> str:
@@ -362,13 +317,13 @@ def _pillow_version() -> str:
 def export_run(workdir: str, out: str, *, checkpoint: str = 'best', size: tuple[int, int] | None = None,
                frame_size: tuple[int, int] | None = None, batch: int | None = None,
                platforms: Sequence[str] = ('cpu',), dtype: str = 'float32', run=None) -> dict:
-  """`export_model` of a trained run (`checkpoints.load_run(workdir, checkpoint)`, or `run` when given).
+  """`export_model` of a trained run (`runs.load_run(workdir, checkpoint)`, or `run` when given).
 
   size: the model's input size (None: the run's data.eval_size); frame_size: the frames the export takes
   (None: `size`), resized to `size` inside; dtype: the compute dtype ('float32' | 'bfloat16'; the weights
   stay float32).
   """
-  from ma_resnet import checkpoints, inference, models
+  from ma_resnet import inference, models, runs
   from ma_resnet import data as data_lib
 
   out = check_out(out)
@@ -378,7 +333,7 @@ def export_run(workdir: str, out: str, *, checkpoint: str = 'best', size: tuple[
   if batch is not None and batch < 1:
     raise ExportError(f'--batch must be >= 1, got {batch}')
   if run is None:
-    run = checkpoints.load_run(workdir, checkpoint, mesh=_one_device_mesh())
+    run = runs.load_run(workdir, checkpoint, mesh=_one_device_mesh())
   settings = inference.input_settings(run.config)
   size = tuple(size) if size is not None else settings.eval_size
   if size is None:

@@ -1,6 +1,6 @@
 """Inference on video: the shared one-frame step, a frame-by-frame generator, and whole files.
 
-    run = checkpoints.load_run('runs/camvid_ma')                          # model, variables, config, ...
+    run = runs.load_run('runs/camvid_ma')                          # model, variables, config, ...
     for p in predict_video(run.model, run.variables, frames, mean=..., std=..., palette=...):
       p.index, p.labels, p.overlay                                        # per frame, as they come
     predict_file(run, 'in.mp4', 'out.mp4', labels_dir='labels')          # what `python predict.py` does
@@ -52,7 +52,7 @@ class InputSettings(NamedTuple):
 
 
 def input_settings(config) -> InputSettings:
-  """The `InputSettings` of a training config (e.g. `checkpoints.load_run(...).config`)."""
+  """The `InputSettings` of a training config (e.g. `runs.load_run(...).config`)."""
   from ma_resnet import data as data_lib
   eval_size = config.data.get('eval_size')
   return InputSettings(mean=tuple(float(m) for m in config.data.mean), std=tuple(float(s) for s in config.data.std),
@@ -118,7 +118,7 @@ def predict_video(model, variables, frames: Iterable[np.ndarray], *, mean: Seque
   """Segments a stream of frames one at a time, carrying the model's memory; yields a `PredictedFrame` each.
 
   Args:
-    model, variables: a `VideoSegmenter` and its {'params', 'batch_stats'} (e.g. `checkpoints.load_run`).
+    model, variables: a `VideoSegmenter` and its {'params', 'batch_stats'} (e.g. `runs.load_run`).
     frames: uint8 RGB frames (H, W, 3) of one size, in time order (any iterable: a reader, a list, an array).
     mean, std: the normalisation of the model's training data (`config.data.mean` / `std`).
     size: (h, w) the model sees (frames are resized to it); None: the frames' own size. Labels and overlays
@@ -192,7 +192,7 @@ def predict_file(run, video: str | video_io.FrameReader, out: str, *,
                  labels_dir: str | None = None, size: tuple[int, int] | None = None, alpha: float = 0.5,
                  fps: float | None = None, lossless: bool = False, ignore_decode_errors: bool = False,
                  progress: bool = True) -> PredictionSummary:
-  """What `predict.py` does: the model of `run` (a `checkpoints.Run`) on `video` (a file, a frame folder or
+  """What `predict.py` does: the model of `run` (a `runs.Run`) on `video` (a file, a frame folder or
   an open reader) -> the overlay video `out` (+ label PNGs in `labels_dir`), each written completely or not
   at all.
 

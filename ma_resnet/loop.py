@@ -5,7 +5,7 @@
 It sits above `ma_resnet.training` (state, optimizer, loss, the pure `train_step`) and `ma_resnet.evaluation`
 (the streaming `Evaluator`), which do not import each other, and decides when to log, validate and save.
 Order of events, so that a bad input never touches the workdir: config check, datasets opened, model built,
-an existing checkpoint checked against the model, `init_from` checked and read (`checkpoints.prepare_warm_start`,
+an existing checkpoint checked against the model, `init_from` checked and read (`warm_start.prepare_warm_start`,
 before the new state is made) and copied in; only then are config.json, logs and checkpoints written.
 """
 from __future__ import annotations
@@ -21,6 +21,7 @@ import numpy as np
 from absl import logging
 
 from ma_resnet import checkpoints as checkpoints_lib
+from ma_resnet import warm_start as warm_start_lib
 from ma_resnet import data as data_lib
 from ma_resnet import evaluation, logging_utils, models, parallel, train_config
 from ma_resnet.errors import ConfigError
@@ -178,7 +179,7 @@ def _train_and_evaluate(config, workdir: str, start_time: float, progress: bool,
     resumed_from = int(state.step)
   else:
     # config.init_from: checked, fetched and read before the state is made (errors come before compiling)
-    warm_start = checkpoints_lib.prepare_warm_start(config, abstract_state, progress=progress)
+    warm_start = warm_start_lib.prepare_warm_start(config, abstract_state, progress=progress)
     state = create_train_state(config, model, tx, init_rng, mesh)
     if warm_start is not None:
       state, copied = warm_start.apply(state, mesh)

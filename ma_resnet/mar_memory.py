@@ -227,13 +227,13 @@ def make_memory(workdir: str, out: str, *, checkpoint: str = 'best', split: str 
                 keys_per_class: int = 10, values_per_class: int = 10, data_root: str | None = None,
                 max_frames: int | None = None, progress: bool = False) -> dict:
   """Loads the run, generates the memory and writes it (what the command does). Returns memory.json's content."""
-  from ma_resnet import checkpoints
+  from ma_resnet import checkpoints, runs
   from ma_resnet import data as data_lib
   if not os.path.isdir(workdir):
     raise checkpoints.CheckpointError(f'workdir {os.path.abspath(workdir)} does not exist')
   if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
     raise OSError(f'--out {os.path.abspath(out)} exists and is not an empty folder')
-  run = checkpoints.load_run(workdir, checkpoint)
+  run = runs.load_run(workdir, checkpoint)
   if data_root:
     run.config.data.root = data_root
   sampler, facts = generate(run, split=split, keys_per_class=keys_per_class, values_per_class=values_per_class,

@@ -12,7 +12,7 @@ are written under temporary names and renamed at the end: after a failure or Ctr
 --lossless writes exact RGB (H.264 RGB, quantiser 0) instead of H.264 CRF 18. The work itself is
 `ma_resnet.inference.predict_file`.
 
-Which model (`checkpoints.load_run`): --workdir restores the run's best checkpoint by validation mIoU, or
+Which model (`runs.load_run`): --workdir restores the run's best checkpoint by validation mIoU, or
 --checkpoint=latest | STEP; --checkpoint=PATH names a step folder `<workdir>/checkpoints/<step>` directly.
 The architecture comes from the config stored with that checkpoint (else the run's config.json); with
 --workdir and a checkpoint PATH, from the workdir's config.json; --config=FILE (a configs/*.py file,
@@ -45,17 +45,17 @@ def _parse_size(text: str | None) -> tuple[int, int] | None:
 
 
 def load(workdir: str | None, checkpoint: str | None, config=None, config_name: str | None = None):
-  """The `checkpoints.Run` that --workdir / --checkpoint / --config name (see the module docstring), its
+  """The `runs.Run` that --workdir / --checkpoint / --config name (see the module docstring), its
   variables on the first local device (inference runs one frame at a time)."""
   import jax
-  from ma_resnet import checkpoints, parallel
+  from ma_resnet import checkpoints, parallel, runs
   mesh = parallel.make_mesh(jax.local_devices()[:1])
   if checkpoint is None or (workdir is not None and _STEP_SELECTOR.fullmatch(str(checkpoint))):
     if workdir is None:
       raise checkpoints.CheckpointError('give a run folder (--workdir) or a checkpoint step folder (--checkpoint)')
     if not os.path.isdir(workdir):
       raise checkpoints.CheckpointError(f'workdir {os.path.abspath(workdir)} does not exist')
-    return checkpoints.load_run(workdir, checkpoint or 'best', config=config, config_name=config_name, mesh=mesh)
+    return runs.load_run(workdir, checkpoint or 'best', config=config, config_name=config_name, mesh=mesh)
   if workdir is None and _STEP_SELECTOR.fullmatch(str(checkpoint)) and not os.path.exists(checkpoint):
     raise checkpoints.CheckpointError(f'checkpoint {checkpoint!r} selects a step of a run: give the run with '
                                       '--workdir')
@@ -67,7 +67,7 @@ def load(workdir: str | None, checkpoint: str | None, config=None, config_name: 
     import json
     with open(config) as f:
       config, config_name = json.load(f), config
-  return checkpoints.load_run(checkpoint, 'best', config=config, config_name=config_name, mesh=mesh)
+  return runs.load_run(checkpoint, 'best', config=config, config_name=config_name, mesh=mesh)
 
 
 def _define_flags():

@@ -231,8 +231,8 @@ def validate(config: ml_collections.ConfigDict, eval_frame_size: tuple[int, int]
   need(config.class_balance >= 0, f'class_balance must be >= 0, got {config.class_balance}')
   need(config.aux_loss_weight >= 0, f'aux_loss_weight must be >= 0, got {config.aux_loss_weight}')
   data = config.data
-  from ma_resnet.data.pipeline import DATASET_NAMES
-  need(data.name in DATASET_NAMES, f'data.name must be one of {DATASET_NAMES}, got {data.name!r}')
+  from ma_resnet.data import registry
+  registry.get(data.name)  # ConfigError: data.name must be one of the registered datasets
   need(data.get('source', 'folder') in ('folder', 'tfds'),
        f"data.source must be 'folder' or 'tfds', got {data.get('source')!r}")
   need(data.get('source', 'folder') == 'folder' or data.get('tfds_data_dir'),

@@ -69,10 +69,6 @@ def _kernel_mask(params):
       lambda path, _: getattr(path[-1], 'key', None) == 'kernel', params)
 
 
-def _path(path) -> str:
-  return '/'.join(str(getattr(k, 'key', k)) for k in path)
-
-
 def parameter_groups(config: ml_collections.ConfigDict) -> tuple[tuple[str, ...], dict[str, float]]:
   """(frozen path prefixes, {path prefix: lr multiplier}) of the config: `optimizer.frozen`, the model's own
   `model.frozen` parts, `optimizer.lr_multipliers`."""
@@ -87,7 +83,7 @@ def group_labels(params, frozen: tuple[str, ...], multipliers: dict[str, float])
     return path == prefix or path.startswith(prefix.rstrip('/') + '/')
 
   def label(path, _):
-    name = _path(path)
+    name = jax.tree_util.keystr(path, simple=True, separator='/')
     if any(matches(name, f) for f in frozen):
       return 'frozen'
     hits = [p for p in multipliers if matches(name, p)]

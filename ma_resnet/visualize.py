@@ -103,9 +103,3 @@ def label_image(labels: np.ndarray, palette: np.ndarray | None = None) -> Image.
     flat[:len(palette)] = palette
     image.putpalette(flat.ravel().tolist())
   return image
-
-
-def legend(class_names, palette: np.ndarray, swatch: int = 16) -> np.ndarray:
-  """A vertical strip of class-colour swatches (one row per class), for reports."""
-  rows = [np.broadcast_to(np.asarray(palette[i], np.uint8), (swatch, swatch, 3)) for i in range(len(class_names))]
-  return np.concatenate(rows, axis=0) if rows else np.zeros((0, swatch, 3), np.uint8)

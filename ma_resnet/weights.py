@@ -29,7 +29,7 @@ The hub's files have no checksum recorded here: the hub's own sha256 of the file
 time) is checked, and the file's sha256 is printed so that it can be pinned.
 
 `parse_init_from` reads the `init_from` field of a training config (the forms are in `InitFrom`);
-`ma_resnet.checkpoints.warm_start` applies it.
+`ma_resnet.warm_start.warm_start` applies it.
 """
 from __future__ import annotations
 

@@ -15,8 +15,8 @@ a second run prints. A file left by an owner that is gone is *stale*:
     filesystem: NFSv4 does, gcsfuse does not), so the run stops, naming the owner and the way to break the lock
     (delete the file once that run is known to have stopped).
 
-Readers (`eval.py`, `predict.py`, `checkpoints.load_run`) take no lock: they read finished checkpoints, and a
-checkpoint that training deletes meanwhile is reported as removed (see `checkpoints.load_run`).
+Readers (`eval.py`, `predict.py`, `runs.load_run`) take no lock: they read finished checkpoints, and a
+checkpoint that training deletes meanwhile is reported as removed (see `runs.load_run`).
 
 Multi-process runs: only process 0 takes the lock (one per run, wherever its processes live); the others learn
 its outcome in the start-up check (`parallel.check_same_launch`) and stop with it.

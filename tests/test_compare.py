@@ -19,7 +19,8 @@ import pytest
 from PIL import Image
 
 import test_training_support as support
-from ma_resnet import checkpoints, compare, evaluation
+from ma_resnet import compare, evaluation
+from ma_resnet.runs import load_run
 from test_predict import _write_random_run
 
 
@@ -67,7 +68,7 @@ def test_two_runs_side_by_side(runs, tmp_path, capsys):
     assert 'mvc8' not in report['video_metrics']  # evaluate_run's vc_lengths replace the config's
     assert float(record['consistency']) == report['video_metrics']['consistency']
     assert {k: _number(record[f'iou/{k}']) for k in report['per_class_iou']} == report['per_class_iou']
-    run = checkpoints.load_run(runs[name], 'latest')
+    run = load_run(runs[name], 'latest')
     assert int(record['parameters']) == sum(int(np.prod(x.shape)) for x in jax.tree.leaves(run.variables['params']))
     assert float(record['frames_per_second']) > 0 and float(record['gflops_per_frame']) > 0
   # PCMA's memory attention costs parameters and FLOPs on top of the same network.

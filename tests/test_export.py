@@ -23,7 +23,8 @@ from PIL import Image
 
 pytest.importorskip('imageio_ffmpeg', reason='the video round trip needs imageio-ffmpeg')
 
-from ma_resnet import checkpoints, export, exported, inference, models, train_config, video_io  # noqa: E402
+from ma_resnet import export, exported, inference, models, train_config, video_io  # noqa: E402
+from ma_resnet.runs import Run, load_run  # noqa: E402
 from ma_resnet import data as data_lib  # noqa: E402
 from ma_resnet.data import SyntheticVideo  # noqa: E402
 from test_predict import _write_random_run  # noqa: E402  (a train.py-style run folder with random variables)
@@ -52,8 +53,8 @@ def _config(name):
   return train_config.load_config(os.path.join(REPO, 'configs', path), overrides)
 
 
-def _random_run(name) -> checkpoints.Run:
-  """A `checkpoints.Run` of the tiny system with random variables (He-normal kernels, batch-norm statistics
+def _random_run(name) -> Run:
+  """A `Run` of the tiny system with random variables (He-normal kernels, batch-norm statistics
   away from the identity), in memory."""
   import jax
   import jax.numpy as jnp
@@ -70,7 +71,7 @@ def _random_run(name) -> checkpoints.Run:
     return (0.1 * rng.standard_normal(leaf.shape)).astype(leaf.dtype)
   variables = jax.tree_util.tree_map_with_path(fill, {k: abstract[k] for k in ('params', 'batch_stats')
                                                       if k in abstract})
-  return checkpoints.Run(config=config, model=model, variables=variables, step=0, checkpoint_path='(random)',
+  return Run(config=config, model=model, variables=variables, step=0, checkpoint_path='(random)',
                          config_source='test', run_dir=None, metrics=None)
 
 
@@ -159,7 +160,7 @@ def setup(tmp_path_factory):
   env = dict(_isolated_env(), PYTHONPATH=REPO)
   cli = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert cli.returncode == 0, cli.stderr[-3000:]
-  runs['pcma'] = checkpoints.load_run(workdir)
+  runs['pcma'] = load_run(workdir)
   for name in SYSTEMS:
     if name != 'pcma':
       runs[name] = _random_run(name)

@@ -1,5 +1,5 @@
 """Video inference: `python -m ma_resnet.predict` / `predict.py`, `inference.predict_file`, `predict_video`,
-`checkpoints.load_run`.
+`runs.load_run`.
 
 Nothing is trained: the run folder holds a checkpoint of the tiny `configs/test.py` model written through the
 project's checkpoint API (`TrainCheckpoints.save`) with random (He-initialised, numpy) parameters, which is
@@ -22,7 +22,7 @@ from PIL import Image
 
 pytest.importorskip('imageio_ffmpeg', reason='video inference needs imageio-ffmpeg (pip install imageio-ffmpeg)')
 
-from ma_resnet import checkpoints, inference, models, predict, train_config, video_io, visualize  # noqa: E402
+from ma_resnet import checkpoints, inference, models, predict, runs, train_config, video_io, visualize  # noqa: E402
 from ma_resnet.data import SyntheticVideo  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -80,7 +80,7 @@ def run(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def loaded(run):
-  restored = checkpoints.load_run(run.workdir)
+  restored = runs.load_run(run.workdir)
   return types.SimpleNamespace(**vars(restored), **inference.input_settings(restored.config)._asdict(),
                                run=restored)
 
@@ -226,15 +226,15 @@ def test_load_run_restores_the_run_and_checks_the_tree(run, loaded):
   assert loaded.step == 0 and loaded.checkpoint_path == run.step_dir and loaded.run_dir == run.workdir
   assert len(loaded.class_names) == 4 and loaded.palette.shape == (4, 3)
   assert (loaded.mean, loaded.std) == (tuple(run.config.data.mean), tuple(run.config.data.std))
-  same = checkpoints.load_run(run.step_dir)  # a step folder alone: its stored config
+  same = runs.load_run(run.step_dir)  # a step folder alone: its stored config
   assert same.config.model.to_dict() == loaded.config.model.to_dict()
-  assert checkpoints.load_run(os.path.join(run.workdir, 'checkpoints'), 'latest').step == 0
+  assert runs.load_run(os.path.join(run.workdir, 'checkpoints'), 'latest').step == 0
   with pytest.raises(checkpoints.CheckpointError, match='no checkpoint of step 7'):
-    checkpoints.load_run(run.workdir, 7)
+    runs.load_run(run.workdir, 7)
   with pytest.raises(checkpoints.CheckpointError, match="expected 'best', 'latest' or a step number"):
-    checkpoints.load_run(run.workdir, 'abc')
+    runs.load_run(run.workdir, 'abc')
   with pytest.raises(checkpoints.CheckpointError, match='not a checkpoint'):
-    checkpoints.load_run(run.root)
+    runs.load_run(run.root)
   with pytest.raises(checkpoints.CheckpointError, match='selects a step of a run'):
     predict.load(None, '7')
 
@@ -250,7 +250,7 @@ def test_a_non_causal_model_writes_every_frame_with_its_own_labels(run, tmp_path
       'model.stf.embedding_size': (6, 8), 'model.frozen': ()})
   workdir = str(tmp_path / 'stf_run')
   _write_random_run(workdir, config)
-  restored = checkpoints.load_run(workdir)
+  restored = runs.load_run(workdir)
   assert restored.model.delay == 1
   settings = inference.input_settings(restored.config)
   predicted = list(inference.predict_video(restored.model, restored.variables, run.frames, mean=settings.mean,
@@ -279,7 +279,7 @@ def test_key_frames_are_reported(run, tmp_path):
       'model.tha.key_interval': 3, 'model.lernet.dilations': (1, 2)})
   workdir = str(tmp_path / 'tha_run')
   _write_random_run(workdir, config)
-  restored = checkpoints.load_run(workdir)
+  restored = runs.load_run(workdir)
   assert restored.model.frame_kinds == ('key', 'non-key')
   summary = inference.predict_file(restored, run.video, str(tmp_path / 'out.mp4'), progress=False)
   assert summary.frames == NUM_FRAMES

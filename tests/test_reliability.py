@@ -30,7 +30,7 @@ import numpy as np
 import pytest
 
 import test_training_support as support
-from ma_resnet import checkpoints, cli, files, loop, predict
+from ma_resnet import checkpoints, cli, files, loop, predict, runs
 from ma_resnet.models.temporal.stf import load_memory
 from ma_resnet.workdir_lock import LOCK_FILE, WorkdirInUseError, WorkdirLock
 
@@ -155,11 +155,11 @@ def test_a_checkpoint_removed_while_it_is_read_is_gone_not_corrupt(monkeypatch):
     return original(self, step)
 
   monkeypatch.setattr(checkpoints.TrainCheckpoints, 'stored_shapes', training_deletes_it)
-  run = checkpoints.load_run(workdir, 'latest')
+  run = runs.load_run(workdir, 'latest')
   assert removed == [support.REFERENCE_STEPS] and run.step == support.REFERENCE_STEPS - 2  # the newest one left
   removed.clear()
   with pytest.raises(checkpoints.CheckpointError, match=rf'{steps_dir}/8 was removed while it was read'):
-    checkpoints.load_run(workdir, 8)
+    runs.load_run(workdir, 8)
 
 
 def _make_read_only(path: str) -> bool:

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import test_training_support as support
-from ma_resnet import checkpoints, loop, mar_memory, train_config
+from ma_resnet import loop, mar_memory, train_config
+from ma_resnet.runs import load_run
 
 CONFIG = os.path.join(support.REPO, 'configs', 'stf_synthetic.py')
 TINY = {  # 64x64 frames: 8x8 features, one 8x8 block; one object class shown on every frame: a few steps
@@ -56,7 +57,7 @@ def recipe(tmp_path_factory):
   assert code == 0
   results['mar'] = loop.train_and_evaluate(
       stage_config('mar', init_from=runs['stf'], **{'model.stf.memory_init': memory}), runs['mar'], progress=False)
-  variables = {stage: flat(checkpoints.load_run(path, 'latest').variables) for stage, path in runs.items()}
+  variables = {stage: flat(load_run(path, 'latest').variables) for stage, path in runs.items()}
   return dict(runs=runs, memory=memory, results=results, variables=variables)
 
 

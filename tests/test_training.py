@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import test_training_support as support
-from ma_resnet import checkpoints, evaluation, loop, models, training
+from ma_resnet import checkpoints, evaluation, loop, models, runs, training, warm_start
 from ma_resnet import data as data_lib
 
 
@@ -160,7 +160,7 @@ def test_init_from_converted_encoder(tmp_path):
   meta = make_metadata(depth=18, variant='torchvision', framework='torchvision', converter='test',
                        source_file=None, num_classes=None)
   path = save_converted(backbone, meta, tmp_path / 'r18')
-  loaded = checkpoints.load_pretrained_encoder(state, path, config.model)
+  loaded = warm_start.load_pretrained_encoder(state, path, config.model)
   for a, b in zip(jax.tree.leaves(loaded.params['backbone']), jax.tree.leaves(backbone['params'])):
     np.testing.assert_array_equal(np.asarray(a), b)
   # Everything else is untouched.
@@ -169,21 +169,21 @@ def test_init_from_converted_encoder(tmp_path):
 
   config.model.depth = 34
   with pytest.raises(checkpoints.CheckpointMismatchError, match='ResNet18.*ResNet34'):
-    checkpoints.load_pretrained_encoder(state, path, config.model)
+    warm_start.load_pretrained_encoder(state, path, config.model)
   # Right depth in the metadata, wrong tree: the paths are named.
   config.model.depth = 18
   broken = {'params': dict(backbone['params']), 'batch_stats': backbone['batch_stats']}
   del broken['params']['stage1']
   path2 = save_converted(broken, meta, tmp_path / 'r18_broken')
   with pytest.raises(checkpoints.CheckpointMismatchError, match='missing in the checkpoint.*params/stage1'):
-    checkpoints.load_pretrained_encoder(state, path2, config.model)
+    warm_start.load_pretrained_encoder(state, path2, config.model)
   # A whole converted ResNet18 initialises a model that builds only stem and stage 1 (test config): the
   # stages it does not build are dropped.
   assert set(state.params['backbone']) == {'stem', 'stage1'}
   shapes = jax.eval_shape(models.ResNet(depth=18).init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
   whole = jax.tree.map(lambda x: rng.normal(size=x.shape).astype(np.float32), dict(shapes))
   path3 = save_converted(whole, meta, tmp_path / 'r18_whole')
-  loaded = checkpoints.load_pretrained_encoder(state, path3, config.model)
+  loaded = warm_start.load_pretrained_encoder(state, path3, config.model)
   np.testing.assert_array_equal(np.asarray(loaded.params['backbone']['stage1']['block0']['conv1']['conv']['kernel']),
                                 whole['params']['stage1']['block0']['conv1']['conv']['kernel'])
 
@@ -387,8 +387,8 @@ def test_init_from_a_previous_run_takes_the_shared_variables(tmp_path):
   model = models.build(config.model, 4)
   tx = training.make_optimizer(config, training.learning_rate_schedule(config))
   state = training.create_train_state(config, model, tx, jax.random.key(3))
-  loaded, report = checkpoints.init_from_run(state, reference)
-  run = checkpoints.load_run(reference)
+  loaded, report = warm_start.init_from_run(state, reference)
+  run = runs.load_run(reference)
   np.testing.assert_array_equal(np.asarray(loaded.params['backbone']['stem']['conv1']['conv']['kernel']),
                                 np.asarray(run.variables['params']['backbone']['stem']['conv1']['conv']['kernel']))
   assert any(k.startswith('params/temporal/bottleneck') for k in report['new'])
@@ -400,4 +400,4 @@ def test_init_from_a_previous_run_takes_the_shared_variables(tmp_path):
   other_model = models.build(other.model, 4)
   other_state = training.create_train_state(other, other_model, tx, jax.random.key(3))
   with pytest.raises(checkpoints.CheckpointMismatchError, match='other shapes'):
-    checkpoints.init_from_run(other_state, reference)
+    warm_start.init_from_run(other_state, reference)

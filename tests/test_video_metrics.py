@@ -304,7 +304,7 @@ def test_the_evaluator_reports_what_the_functions_give_on_its_predictions(tiny_m
 def test_predict_file_reports_the_consistency_of_its_labels(tiny_model, tmp_path):
   pytest.importorskip('imageio_ffmpeg', reason='video inference needs imageio-ffmpeg')
   from PIL import Image
-  from ma_resnet import checkpoints, inference
+  from ma_resnet import inference, runs
   from ma_resnet.data import SyntheticVideo
   config, model, variables = tiny_model
   frames, _ = SyntheticVideo('val', num_sequences=1, frames_per_sequence=5, height=32, width=32).generate_sequence(0)
@@ -312,7 +312,7 @@ def test_predict_file_reports_the_consistency_of_its_labels(tiny_model, tmp_path
   folder.mkdir()
   for t, frame in enumerate(frames):
     Image.fromarray(frame).save(folder / f'{t:03d}.png')
-  run = checkpoints.Run(config=config, model=model, variables=variables, step=0, checkpoint_path='',
+  run = runs.Run(config=config, model=model, variables=variables, step=0, checkpoint_path='',
                         config_source='test', run_dir=None, metrics=None)
   summary = inference.predict_file(run, str(folder), str(tmp_path / 'out.mp4'), labels_dir=str(tmp_path / 'labels'),
                                    progress=False)

@@ -1,4 +1,4 @@
-"""Warm starts (`init_from`, `checkpoints.warm_start`): the paper configs' default initialisations, a catalogue
+"""Warm starts (`init_from`, `warm_start.warm_start`): the paper configs' default initialisations, a catalogue
 name through training, a converted ResNet into the 'pspnet' backbone, the authors' trained models, and the
 refusals of issue 25 (a run of another system, depth or dataset, an unfinished run, frozen modules left at their
 random initialisation), each before anything is written. No network: catalogue entries point at 127.0.0.1."""
@@ -14,7 +14,7 @@ import pytest
 
 import test_training_support as support  # noqa: F401  (the persistent compilation cache of the tests)
 import test_weights_support as server_support
-from ma_resnet import checkpoints, loop, models, train_config, training, weights
+from ma_resnet import checkpoints, loop, models, runs, train_config, training, warm_start, weights
 from ma_resnet import data as data_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -155,7 +155,7 @@ def test_training_starts_from_a_catalogue_name(tmp_path, monkeypatch, capsys):
     assert server.requests == ['/r18.pth']
   line = capsys.readouterr().err.strip().splitlines()[0]
   converted = weights.converted_path(weights.get('r18'))
-  run = checkpoints.load_run(str(tmp_path / 'run'))
+  run = runs.load_run(str(tmp_path / 'run'))
   backbone = len(jax.tree.leaves([run.variables[c]['backbone'] for c in ('params', 'batch_stats')]))
   # configs/test.py builds stem + stage 1 (its head reads stage 1): all of them are copied, nothing else.
   assert re.fullmatch(rf'Initialised from r18 \(converted copy {re.escape(converted)}\): copied backbone '
@@ -185,7 +185,7 @@ def test_the_pspnet_backbone_takes_a_converted_v1c_and_keeps_its_psp_module(tmp_
   config = train_config.load_config(f'{STF_SYNTHETIC}:pspnet', {**TINY_STF, 'model.variant': 'v1c', 'init_from': path})
   state = random_state(config)
   assert set(state.params['backbone']) == {'stem', 'stage1', 'stage2', 'psp'}  # the PSP module reads stage 2
-  new, line = checkpoints.warm_start(state, config)
+  new, line = warm_start.warm_start(state, config)
   from ma_resnet.convert import load_converted
   encoder = load_converted(path)[0]
   for part in ('stem', 'stage1', 'stage2'):
@@ -202,7 +202,7 @@ def test_the_pspnet_backbone_takes_a_converted_v1c_and_keeps_its_psp_module(tmp_
   frozen = train_config.load_config(f'{STF_SYNTHETIC}:stf', {**TINY_STF, 'model.variant': 'v1c', 'init_from': path})
   with pytest.raises(checkpoints.CheckpointMismatchError,
                      match=r'freezes backbone \(model.frozen\) but .* not in it \(.*params/backbone/psp'):
-    checkpoints.warm_start(random_state(frozen), frozen)
+    warm_start.warm_start(random_state(frozen), frozen)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -264,14 +264,14 @@ def test_a_staged_run_says_what_was_copied(tmp_path):
   write_run(str(tmp_path / 'pspnet'), pspnet, step=2)
   config = train_config.load_config(f'{STF_SYNTHETIC}:stf', {**TINY_STF, 'init_from': str(tmp_path / 'pspnet')})
   state = random_state(config)
-  new, line = checkpoints.warm_start(state, config)
+  new, line = warm_start.warm_start(state, config)
   counts = {m: sum(k.split('/')[1] == m for k in checkpoints.flat_shapes({'params': state.params,
                                                                            'batch_stats': state.batch_stats}))
             for m in ('backbone', 'temporal', 'head')}
   assert line == (f'Initialised from {tmp_path / "pspnet"} (step 2, trained on synthetic): copied backbone '
                   f'{counts["backbone"]} of {counts["backbone"]}, temporal 0 of {counts["temporal"]}, head 0 of '
                   f'{counts["head"]} arrays')
-  run = checkpoints.load_run(str(tmp_path / 'pspnet'))
+  run = runs.load_run(str(tmp_path / 'pspnet'))
   np.testing.assert_array_equal(np.asarray(new.params['backbone']['psp']['bottleneck']['conv']['kernel']),
                                 np.asarray(run.variables['params']['backbone']['psp']['bottleneck']['conv']['kernel']))
 
@@ -286,7 +286,7 @@ def test_an_authors_model_of_another_system_is_refused_before_it_is_read(tmp_pat
   config = config_of('camvid.py', init_from=f'tmanet:{empty}')
   with pytest.raises(checkpoints.CheckpointMismatchError, match=r"temporal 'tma' on backbone 'resnet'; the config "
                      r"builds temporal 'pcma'"):
-    checkpoints.warm_start(random_state(config_of('camvid.py', **{'data.crop_size': (64, 64)})), config)
+    warm_start.warm_start(random_state(config_of('camvid.py', **{'data.crop_size': (64, 64)})), config)
 
 
 def test_the_authors_ma_resnet50_starts_the_camvid_config(tmp_path):
@@ -302,7 +302,7 @@ def test_the_authors_ma_resnet50_starts_the_camvid_config(tmp_path):
     pickle.dump(state_dict, f)
   config = config_of('camvid.py', **{'data.crop_size': (64, 64), 'init_from': f'ma_resnet50:{tmp_path}/model.pdparams'})
   state = random_state(config)
-  new, line = checkpoints.warm_start(state, config)
+  new, line = warm_start.warm_start(state, config)
   total = len(checkpoints.flat_shapes({'params': state.params, 'batch_stats': state.batch_stats}))
   assert line.startswith(f"Initialised from ma_resnet50:{tmp_path}/model.pdparams (the authors' ma_resnet50 model)")
   assert sum(int(copied) for copied, _ in re.findall(r'(\d+) of (\d+)', line)) == total  # every array

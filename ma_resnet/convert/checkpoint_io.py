@@ -19,7 +19,6 @@ Nothing here imports torch, paddle or orbax at module import time.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import os
 from collections.abc import Iterable, Mapping
@@ -27,6 +26,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ma_resnet import trees
 from ma_resnet.files import atomic_path
 
 FORMAT = 'ma_resnet.converted/v1'
@@ -164,14 +164,15 @@ def checked_arrays(state_dict: Mapping[str, Any], shapes: Mapping[str, tuple[int
   return arrays
 
 
-def set_variable(variables: dict[str, dict], collection: str, path: tuple[str, ...], value: np.ndarray) -> None:
-  """variables[collection][path...] = value as contiguous float32; a path set twice is a bug in a table."""
-  node = variables.setdefault(collection, {})
-  for name in path[:-1]:
-    node = node.setdefault(name, {})
-  if path[-1] in node:
-    raise AssertionError(f'two source keys map to {"/".join((collection,) + tuple(path))}')
-  node[path[-1]] = np.ascontiguousarray(value, dtype=np.float32)
+def nested_variables(values: Iterable[tuple[str, np.ndarray]]) -> dict[str, dict]:
+  """('params/a/b', array) pairs -> {'params': {'a': {'b': ...}}} of contiguous float32 arrays (`trees.unflatten`);
+  a path given twice is a bug in a table."""
+  flat: dict[str, np.ndarray] = {}
+  for path, value in values:
+    if path in flat:
+      raise AssertionError(f'two source keys map to {path}')
+    flat[path] = np.ascontiguousarray(value, dtype=np.float32)
+  return trees.unflatten(flat)
 
 
 def apply_table(state_dict: Mapping[str, Any], table: Table, what: str, hint: str | None = None
@@ -179,10 +180,8 @@ def apply_table(state_dict: Mapping[str, Any], table: Table, what: str, hint: st
   """Converts `state_dict` with `table`, or raises one ConversionError naming every offending key
   (`checked_arrays`)."""
   arrays = checked_arrays(state_dict, {k: e.shape for k, e in table.entries.items()}, table.ignored, what, hint)
-  variables: dict[str, dict] = {c: {} for c in sorted({e.collection for e in table.entries.values()})}
-  for key, entry in table.entries.items():
-    set_variable(variables, entry.collection, entry.path, TRANSFORMS[entry.transform][0](arrays[key]))
-  return variables
+  return nested_variables((entry.target, TRANSFORMS[entry.transform][0](arrays[key]))
+                          for key, entry in table.entries.items())
 
 
 def shaped_table(rows: Mapping[str, tuple[str, tuple[str, ...], str]], model_shapes: Mapping[str, Any],
@@ -190,11 +189,9 @@ def shaped_table(rows: Mapping[str, tuple[str, tuple[str, ...], str]], model_sha
   """A `Table` from rows `source name -> (collection, Flax path, transform)`, each row's expected source shape
   read off `model_shapes` (e.g. `jax.eval_shape(model.init, ...)`): the model defines the shapes."""
   entries = {}
+  flat = trees.flatten(model_shapes)
   for name, (collection, path, transform) in rows.items():
-    target = model_shapes[collection]
-    for key in path:
-      target = target[key]
-    shape = tuple(target.shape)
+    shape = tuple(flat['/'.join((collection,) + tuple(path))].shape)
     if transform == 'conv_oihw_to_hwio':
       shape = (shape[3], shape[2], shape[0], shape[1])
     elif transform == 'linear_oi_to_io':
@@ -205,13 +202,7 @@ def shaped_table(rows: Mapping[str, tuple[str, tuple[str, ...], str]], model_sha
 
 def table_target_shapes(table: Table) -> dict[str, dict]:
   """The variables tree a table produces, with shape tuples as leaves (to compare with a Flax model)."""
-  tree: dict[str, dict] = {}
-  for entry in table.entries.values():
-    node = tree.setdefault(entry.collection, {})
-    for name in entry.path[:-1]:
-      node = node.setdefault(name, {})
-    node[entry.path[-1]] = entry.target_shape
-  return tree
+  return trees.unflatten({entry.target: entry.target_shape for entry in table.entries.values()})
 
 
 def unwrap_state_dict(obj: Any, source: str) -> dict[str, Any]:
@@ -237,11 +228,8 @@ def unwrap_state_dict(obj: Any, source: str) -> dict[str, Any]:
 # Converted checkpoints.
 
 def _sha256(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, 'rb') as f:
-    for chunk in iter(lambda: f.read(1 << 20), b''):
-      h.update(chunk)
-  return h.hexdigest()
+  import pooch
+  return pooch.file_hash(path, alg='sha256')
 
 
 def make_metadata(*, depth: int, variant: str, framework: str, converter: str, source_file: str | None,
@@ -300,11 +288,16 @@ def save_converted(variables: Mapping[str, Any], metadata: Mapping[str, Any], ou
   return out_dir
 
 
+def is_converted(path: str | os.PathLike) -> bool:
+  """Whether `path` is a converted checkpoint (`save_converted`: metadata.json and variables/ in it)."""
+  return os.path.isfile(os.path.join(path, METADATA_FILE)) and os.path.isdir(os.path.join(path, VARIABLES_DIR))
+
+
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
   """The metadata.json of the converted checkpoint at `path` (checked to be one)."""
   path = os.fspath(path)
   meta_file = os.path.join(path, METADATA_FILE)
-  if not os.path.isfile(meta_file) or not os.path.isdir(os.path.join(path, VARIABLES_DIR)):
+  if not is_converted(path):
     raise ConversionError(f'{path} is not a converted checkpoint (expected {METADATA_FILE} and '
                           f'{VARIABLES_DIR}/ in it)')
   try:

@@ -48,7 +48,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ma_resnet.convert.checkpoint_io import ConversionError, checked_arrays, set_variable
+from ma_resnet import trees
+from ma_resnet.convert.checkpoint_io import ConversionError, checked_arrays, nested_variables
 from ma_resnet.convert.tmanet import reference_name_table as tmanet_name_table
 from ma_resnet.convert.weight_files import state_dict_of
 from ma_resnet.models.build import build, default_model_config, stf_pspnet50
@@ -116,18 +117,11 @@ def reference_model(num_classes: int = 19, *, embedding_size: tuple[int, int] = 
                                       precision=precision), num_classes)
 
 
-def _shape_at(shapes: Mapping, collection: str, path: tuple[str, ...]) -> tuple[int, ...]:
-  node = shapes[collection]
-  for key in path:
-    node = node[key]
-  return tuple(node.shape)
-
-
 def reference_rules(model: VideoSegmenter, *, with_pspnet: bool) -> tuple[dict[str, Rule], frozenset[str]]:
   """(reference name -> Rule, names accepted and dropped) for `model` (a `reference_model`); source shapes
   from the model's own shapes. `with_pspnet`: also the PSPNet extractor's names (the full authors' model)."""
-  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 1, 128, 128, 3)))
-  shape = lambda collection, path: _shape_at(shapes, collection, path)
+  shapes = trees.flatten(jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 1, 128, 128, 3))))
+  shape = lambda collection, path: tuple(shapes['/'.join((collection,) + tuple(path))].shape)
   rules: dict[str, Rule] = {}
   ignored: set[str] = set()
 
@@ -212,11 +206,8 @@ def apply_rules(state: Mapping[str, Any], rules: Mapping[str, Rule], ignored: fr
   mis-shaped name (`checkpoint_io.checked_arrays`). Returns {'params': ..., ('batch_stats': ...)} of float32
   numpy arrays."""
   arrays = checked_arrays(state, {name: rule.shape for name, rule in rules.items()}, ignored, what)
-  variables: dict[str, dict] = {}
-  for name, rule in rules.items():
-    for target in rule.targets:
-      set_variable(variables, target.collection, target.path, target.fn(arrays[name]))
-  return variables
+  return nested_variables(('/'.join((target.collection,) + tuple(target.path)), target.fn(arrays[name]))
+                          for name, rule in rules.items() for target in rule.targets)
 
 
 def load_reference(state_dict_or_path: Mapping[str, Any] | str | os.PathLike, *, num_classes: int = 19,

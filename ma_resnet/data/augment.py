@@ -24,6 +24,10 @@ from PIL import Image, ImageEnhance
 
 from ma_resnet.data.image_files import IGNORE_INDEX
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
 @dataclasses.dataclass(frozen=True)
 class ClipAugmentation:
   """The random draws for one clip (identical for all its frames).

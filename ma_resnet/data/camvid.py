@@ -56,6 +56,7 @@ import numpy as np
 from ma_resnet.data.errors import DataError, DataNotFoundError, require_dir
 from ma_resnet.data.image_files import IGNORE_INDEX, LabelMapping
 from ma_resnet.data.sequences import FileFrame, FileSequenceDataset, list_files
+from ma_resnet.data.spec import DatasetSpec
 
 CAMVID_CLASS_NAMES = ("Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car",
                       "Pedestrian", "Bicyclist")
@@ -272,3 +273,14 @@ def labelled_frames(root: str, split: str) -> dict[str, list[FileFrame]]:
       duplicate = next(n for n in numbers if numbers.count(n) > 1)
       raise DataError(f"CamVid {split!r}: sequence {name} lists frame {duplicate} twice in {source}")
   return dict(by_sequence)
+
+
+def read_camvid(config, split: str, root: str) -> CamVidSequences:
+  """The `DatasetSpec` reader: `split` under `root`, with `data.camvid.video_frames`."""
+  return CamVidSequences(root, split, video_frames=config.camvid.get("video_frames", ""))
+
+
+SPEC = DatasetSpec(
+    name="camvid", read=read_camvid, splits=("train", "val", "test"), class_names=CAMVID_CLASS_NAMES,
+    palette=CAMVID_PALETTE, crop_size=(360, 480), defaults={"mean": CAMVID_MEAN, "std": CAMVID_STD},
+    options={"camvid": {"video_frames": ""}})

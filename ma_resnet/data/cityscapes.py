@@ -25,10 +25,13 @@ import re
 from collections import defaultdict
 
 import numpy as np
+from ml_collections.config_dict import placeholder
 
+from ma_resnet.data.augment import IMAGENET_MEAN, IMAGENET_STD
 from ma_resnet.data.errors import DataError, DataNotFoundError, require_dir
 from ma_resnet.data.image_files import IGNORE_INDEX, LabelMapping
 from ma_resnet.data.sequences import FileFrame, FileSequenceDataset, list_files
+from ma_resnet.data.spec import DatasetSpec
 
 CITYSCAPES_CLASS_NAMES = ("road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
                           "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
@@ -144,3 +147,18 @@ class CityscapesSequences(FileSequenceDataset):
         frames.append(FileFrame(n, images[sequence, n][1], label_path if n == number else None))
       sequences.append((f"{city}_{sequence}_{digits}", frames))
     return sequences
+
+
+def read_cityscapes(config, split: str, root: str) -> CityscapesSequences:
+  """The `DatasetSpec` reader: `split` under `root`, snippets cut to `data.cityscapes.frames_before / after`."""
+  return CityscapesSequences(root, split, frames_before=config.cityscapes.get("frames_before"),
+                             frames_after=config.cityscapes.get("frames_after"))
+
+
+# crop_size: CPU-sane; TMANet crops 769x769. frames_before / after: placeholders, so that the command line can set
+# them (None: the snippet's frames on disk).
+SPEC = DatasetSpec(
+    name="cityscapes", read=read_cityscapes, splits=("train", "val", "test"), class_names=CITYSCAPES_CLASS_NAMES,
+    palette=CITYSCAPES_PALETTE, crop_size=(512, 1024),
+    defaults={"clip_length": 3, "mean": IMAGENET_MEAN, "std": IMAGENET_STD},
+    options={"cityscapes": {"frames_before": placeholder(int), "frames_after": placeholder(int)}})

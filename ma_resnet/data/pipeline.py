@@ -10,7 +10,7 @@ Entry points
   make_eval_stream(data_config, split=None, *, shard_index=0, shard_count=1)
                                             -> EvalStream: every frame of every sequence, in time order
   make_sequences(data_config, split)        -> the SequenceDataset of a split
-  num_classes(data_config), class_names(data_config), palette(data_config), IGNORE_INDEX = 255
+  num_classes(data_config), class_names(data_config), palette(data_config)   (the dataset's `DatasetSpec`)
 
 Training batch (a dict of numpy arrays; B = batch size per process, T = clip_length, (H, W) = crop_size):
   frames          float32 (B, T, H, W, 3), normalised with mean/std (uint8 0..255 when normalize is False)
@@ -40,7 +40,8 @@ eval_native_labels).
 
 Data config fields (defaults of default_data_config('camvid'); other datasets differ where noted)
 ------------------------------------------------------------------------------------------------
-  name                 'camvid'        'synthetic' | 'camvid' | 'vspw' | 'cityscapes'
+  name                 'camvid'        a registered dataset (`data.registry`): 'synthetic' | 'camvid' | 'vspw' |
+                                       'cityscapes'; its `DatasetSpec` gives its reader, classes and defaults
   root                 ''              dataset folder; '' = <repo>/../shared/data/<name>
   source               'folder'        'folder' (read files under root) | 'tfds' (a prepared TFDS dataset; camvid
                                        and vspw only)
@@ -96,6 +97,7 @@ Data config fields (defaults of default_data_config('camvid'); other datasets di
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import sys
@@ -106,33 +108,22 @@ import grain
 import ml_collections
 import numpy as np
 from absl import logging
-from ml_collections.config_dict import placeholder
 
-from ma_resnet.data.augment import (augment_clip, normalize_images, pad_color_for, resize_clip,
-                                    sample_clip_augmentation)
-from ma_resnet.data.camvid import CAMVID_CLASS_NAMES, CAMVID_MEAN, CAMVID_PALETTE, CAMVID_STD, CamVidSequences
-from ma_resnet.data.cityscapes import CITYSCAPES_CLASS_NAMES, CITYSCAPES_PALETTE, CityscapesSequences
+from ma_resnet.data import registry
+from ma_resnet.data.augment import (IMAGENET_MEAN, IMAGENET_STD, augment_clip, normalize_images, pad_color_for,
+                                    resize_clip, sample_clip_augmentation)
 from ma_resnet.data.errors import DataError, DataNotFoundError
-from ma_resnet.data.image_files import IGNORE_INDEX
 from ma_resnet.data.sequences import SequenceDataset
-from ma_resnet.data.synthetic import (SYNTHETIC_BACKGROUND_COLOR, SYNTHETIC_MEAN, SYNTHETIC_STD, SyntheticVideo,
-                                     synthetic_class_colors)
-from ma_resnet.data.vspw import (VSPW_CLASS_NAMES, VSPW_PALETTE, VSPW_PERSON_CLASS, VSPW_PERSON_CLASS_NAMES,
-                                 VSPW_PERSON_PALETTE, VspwSequences)
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-DATASET_NAMES = ("synthetic", "camvid", "vspw", "cityscapes")
-ignore_index = IGNORE_INDEX
 
 # --- configuration ------------------------------------------------------------------------------------------------
 
 
 def default_data_config(name: str = "synthetic") -> ml_collections.ConfigDict:
-  """A data config with every field (see the module docstring) set to the defaults for dataset `name`."""
-  if name not in DATASET_NAMES:
-    raise ValueError(f"unknown dataset {name!r}; expected one of {DATASET_NAMES}")
-  config = ml_collections.ConfigDict({
+  """A data config with every field (see the module docstring) set to the defaults for dataset `name`: the common
+  ones, every registered dataset's own fields (`DatasetSpec.options`), then `name`'s values (`crop_size`,
+  `eval_size`, `DatasetSpec.defaults`)."""
+  spec = registry.get(name)
+  fields = {
       "name": name,
       "root": "",
       "source": "folder",
@@ -143,8 +134,8 @@ def default_data_config(name: str = "synthetic") -> ml_collections.ConfigDict:
       "clip_start_stride": 1,
       "pair_gaps": (),
       "labelled_last": False,
-      "crop_size": (360, 480),
-      "eval_size": None,
+      "crop_size": tuple(spec.crop_size),
+      "eval_size": spec.eval_size,
       "eval_native_labels": False,
       "batch_size": 2,
       "shuffle": True,
@@ -153,40 +144,18 @@ def default_data_config(name: str = "synthetic") -> ml_collections.ConfigDict:
       "flip": True,
       "jitter": 0.1,
       "normalize": True,
-      "mean": CAMVID_MEAN,
-      "std": CAMVID_STD,
+      "mean": IMAGENET_MEAN,
+      "std": IMAGENET_STD,
       "seed": 0,
       "worker_count": 0,
       "worker_buffer_size": 2,
       "read_threads": 4,
       "prefetch_buffer_size": 8,
-      "vspw_mode": "semantic",
-      "person_class": VSPW_PERSON_CLASS,
-      "synthetic": {
-          "height": 64, "width": 64, "frames_per_sequence": 8, "num_object_classes": 3, "num_objects": 3,
-          "reveal_period": 4, "num_train_sequences": 512, "num_val_sequences": 32, "num_test_sequences": 32,
-          "min_size": 0.2, "max_size": 0.4, "max_speed": 3.0, "noise": 8, "seed": 0,
-      },
-      "cityscapes": {"frames_before": placeholder(int), "frames_after": placeholder(int)},
-      "camvid": {"video_frames": ""},
-  })
-  if name == "vspw":
-    config.crop_size = (480, 480)
-    config.mean, config.std = IMAGENET_MEAN, IMAGENET_STD
-  elif name == "cityscapes":
-    config.clip_length = 3
-    config.crop_size = (512, 1024)  # CPU-sane; TMANet crops 769x769
-    config.mean, config.std = IMAGENET_MEAN, IMAGENET_STD
-  elif name == "synthetic":
-    config.clip_length = 4
-    # Clips start on reveal frames (the only frames showing classes), so memory can make every frame exact.
-    period = config.synthetic.reveal_period
-    config.clip_start_stride = period if period > 0 else config.synthetic.frames_per_sequence
-    config.crop_size = (config.synthetic.height, config.synthetic.width)
-    config.scale_range = (1.0, 1.0)
-    config.jitter = 0.0
-    config.mean, config.std = SYNTHETIC_MEAN, SYNTHETIC_STD
-  return config
+  }
+  for other in registry.DATASETS.values():
+    fields.update(copy.deepcopy(dict(other.options)))
+  fields.update(spec.defaults)
+  return ml_collections.ConfigDict(fields)
 
 
 def _get(config: Any, field: str, default: Any = None) -> Any:
@@ -214,6 +183,16 @@ def _repo_root() -> Path:
   return Path(__file__).resolve().parents[2]
 
 
+class _Settings:
+  """Attribute access to a data config (`_field`): what a `DatasetSpec` reader and class names are given."""
+
+  def __init__(self, data_config: Any):
+    self._config = data_config
+
+  def __getattr__(self, field: str) -> Any:
+    return _field(self._config, field)
+
+
 def resolve_root(data_config: Any) -> str:
   """The dataset folder: `root`, or <repo>/../shared/data/<name> when root is empty."""
   root = _get(data_config, "root", "") or ""
@@ -232,43 +211,22 @@ def resolve_root(data_config: Any) -> str:
 
 def make_sequences(data_config: Any, split: str | None = None) -> SequenceDataset:
   """The SequenceDataset of `split` (default data_config.split) for the configured dataset and source."""
-  name = _field(data_config, "name")
+  spec = registry.get(_field(data_config, "name"))
   split = split or _field(data_config, "split")
-  if name == "synthetic":
-    synthetic = _field(data_config, "synthetic")
-    counts = {"train": synthetic.num_train_sequences, "val": synthetic.num_val_sequences,
-              "test": synthetic.num_test_sequences}
-    if split not in counts:
-      raise DataNotFoundError(f"the synthetic video has no split {split!r}; its splits are {sorted(counts)}")
-    return SyntheticVideo(
-        split, num_sequences=counts[split],
-        frames_per_sequence=synthetic.frames_per_sequence, height=synthetic.height, width=synthetic.width,
-        num_object_classes=synthetic.num_object_classes, num_objects=synthetic.num_objects,
-        reveal_period=synthetic.reveal_period, min_size=synthetic.min_size, max_size=synthetic.max_size,
-        max_speed=synthetic.max_speed, noise=synthetic.noise, seed=synthetic.seed)
-  if name not in DATASET_NAMES:
-    raise ValueError(f"unknown dataset {name!r}; expected one of {DATASET_NAMES}")
-  source = _field(data_config, "source")
-  if source == "tfds":
+  source = _field(data_config, "source") if spec.needs_root else "folder"
+  if source == "tfds":  # camvid, vspw: `tfds_builders.BUILDERS`
     from ma_resnet.data.tfds_builders import TfdsSequences  # tensorflow_datasets only when asked for
     data_dir = _field(data_config, "tfds_data_dir")
     if not data_dir:
       raise ValueError("source='tfds' needs data_config.tfds_data_dir")
-    return TfdsSequences(name, data_dir, split, vspw_mode=_field(data_config, "vspw_mode"),
+    return TfdsSequences(spec.name, data_dir, split, vspw_mode=_field(data_config, "vspw_mode"),
                          person_class=_field(data_config, "person_class"))
   if source != "folder":
     raise ValueError(f"data_config.source must be 'folder' or 'tfds', got {source!r}")
-  root = resolve_root(data_config)
-  if name == "camvid":
-    sequences = CamVidSequences(root, split, video_frames=_get(_field(data_config, "camvid"), "video_frames", ""))
+  sequences = spec.read(_Settings(data_config), split, resolve_root(data_config) if spec.needs_root else None)
+  if getattr(sequences, "memory_frames", None):  # which frames precede a labelled one (CamVid)
     _say_once(sequences.memory_frames)
-    return sequences
-  if name == "cityscapes":
-    cityscapes = _field(data_config, "cityscapes")
-    return CityscapesSequences(root, split, frames_before=_get(cityscapes, "frames_before"),
-                               frames_after=_get(cityscapes, "frames_after"))
-  return VspwSequences(root, split, mode=_field(data_config, "vspw_mode"),
-                       person_class=_field(data_config, "person_class"))
+  return sequences
 
 
 _said: set[str] = set()
@@ -299,17 +257,7 @@ def class_pixel_counts(data_config: Any, split: str | None = None) -> np.ndarray
 
 def class_names(data_config: Any) -> tuple[str, ...]:
   """Class names of the configured dataset (index = class id); no file is read."""
-  name = _field(data_config, "name")
-  if name == "camvid":
-    return CAMVID_CLASS_NAMES
-  if name == "cityscapes":
-    return CITYSCAPES_CLASS_NAMES
-  if name == "vspw":
-    return VSPW_CLASS_NAMES if _field(data_config, "vspw_mode") == "semantic" else VSPW_PERSON_CLASS_NAMES
-  if name == "synthetic":
-    k = _field(data_config, "synthetic").num_object_classes
-    return ("background",) + tuple(f"object_{i}" for i in range(1, k + 1))
-  raise ValueError(f"unknown dataset {name!r}; expected one of {DATASET_NAMES}")
+  return registry.get(_field(data_config, "name")).names_of_classes(_Settings(data_config))
 
 
 def num_classes(data_config: Any) -> int:
@@ -319,17 +267,7 @@ def num_classes(data_config: Any) -> int:
 
 def palette(data_config: Any) -> np.ndarray:
   """uint8 (num_classes, 3) RGB colour per class id of the configured dataset."""
-  name = _field(data_config, "name")
-  if name == "camvid":
-    return CAMVID_PALETTE
-  if name == "cityscapes":
-    return CITYSCAPES_PALETTE
-  if name == "vspw":
-    return VSPW_PALETTE if _field(data_config, "vspw_mode") == "semantic" else VSPW_PERSON_PALETTE
-  if name == "synthetic":
-    colors = synthetic_class_colors(_field(data_config, "synthetic").num_object_classes)
-    return np.concatenate([np.array([SYNTHETIC_BACKGROUND_COLOR], np.uint8), colors])
-  raise ValueError(f"unknown dataset {name!r}; expected one of {DATASET_NAMES}")
+  return registry.get(_field(data_config, "name")).colours(_Settings(data_config))
 
 
 # --- grain sources and transforms --------------------------------------------------------------------------------

@@ -34,7 +34,9 @@ import zlib
 
 import numpy as np
 
+from ma_resnet.data.errors import DataNotFoundError
 from ma_resnet.data.sequences import Frame, SequenceDataset
+from ma_resnet.data.spec import DatasetSpec
 
 SYNTHETIC_BACKGROUND_COLOR = (24, 28, 40)
 SYNTHETIC_GREY = (128, 128, 128)
@@ -243,3 +245,41 @@ def per_frame_miou_bound(dataset: SyntheticVideo) -> float:
     _, labels = dataset.render(i, grey_positions)
     counts += np.bincount(labels.ravel(), minlength=counts.size)
   return best_class_blind_miou(counts[1:])
+
+
+# data.synthetic: the video's fields (`seed` is the content seed, separate from data.seed).
+SYNTHETIC_OPTIONS = {
+    "height": 64, "width": 64, "frames_per_sequence": 8, "num_object_classes": 3, "num_objects": 3,
+    "reveal_period": 4, "num_train_sequences": 512, "num_val_sequences": 32, "num_test_sequences": 32,
+    "min_size": 0.2, "max_size": 0.4, "max_speed": 3.0, "noise": 8, "seed": 0,
+}
+SYNTHETIC_SPLITS = ("train", "val", "test")  # each with data.synthetic.num_<split>_sequences
+
+
+def read_synthetic(config, split: str, root=None) -> SyntheticVideo:
+  """The `DatasetSpec` reader: the split drawn from `data.synthetic` (no files)."""
+  if split not in SYNTHETIC_SPLITS:
+    raise DataNotFoundError(f"the synthetic video has no split {split!r}; its splits are {sorted(SYNTHETIC_SPLITS)}")
+  options = config.synthetic
+  return SyntheticVideo(
+      split, num_sequences=options[f"num_{split}_sequences"], frames_per_sequence=options["frames_per_sequence"],
+      height=options["height"], width=options["width"], num_object_classes=options["num_object_classes"],
+      num_objects=options["num_objects"], reveal_period=options["reveal_period"], min_size=options["min_size"],
+      max_size=options["max_size"], max_speed=options["max_speed"], noise=options["noise"], seed=options["seed"])
+
+
+def _object_classes(config) -> int:
+  return int(config.synthetic["num_object_classes"])
+
+
+# Clips start on reveal frames (the only frames showing classes), so memory can make every frame exact.
+SPEC = DatasetSpec(
+    name="synthetic", read=read_synthetic, splits=SYNTHETIC_SPLITS,
+    class_names=lambda config: ("background",) + tuple(f"object_{i}" for i in range(1, _object_classes(config) + 1)),
+    palette=lambda config: np.concatenate([np.array([SYNTHETIC_BACKGROUND_COLOR], np.uint8),
+                                           synthetic_class_colors(_object_classes(config))]),
+    crop_size=(SYNTHETIC_OPTIONS["height"], SYNTHETIC_OPTIONS["width"]), needs_root=False,
+    defaults={"clip_length": 4, "clip_start_stride": SYNTHETIC_OPTIONS["reveal_period"] or
+              SYNTHETIC_OPTIONS["frames_per_sequence"], "scale_range": (1.0, 1.0), "jitter": 0.0,
+              "mean": SYNTHETIC_MEAN, "std": SYNTHETIC_STD},
+    options={"synthetic": SYNTHETIC_OPTIONS})

@@ -22,9 +22,11 @@ import re
 
 import numpy as np
 
+from ma_resnet.data.augment import IMAGENET_MEAN, IMAGENET_STD
 from ma_resnet.data.errors import DataError, DataNotFoundError, require_dir, require_file
 from ma_resnet.data.image_files import IGNORE_INDEX, LabelMapping
 from ma_resnet.data.sequences import FileFrame, FileSequenceDataset, list_files
+from ma_resnet.data.spec import DatasetSpec
 from ma_resnet.visualize import default_palette
 
 VSPW_CLASS_NAMES = (
@@ -137,3 +139,20 @@ class VspwSequences(FileSequenceDataset):
       frames.append(FileFrame(number, os.path.join(origin_dir, name),
                               os.path.join(mask_dir, mask) if mask in masks else None))
     return frames
+
+
+def read_vspw(config, split: str, root: str) -> VspwSequences:
+  """The `DatasetSpec` reader: `split` under `root` in `data.vspw_mode`."""
+  return VspwSequences(root, split, mode=config.vspw_mode, person_class=config.person_class)
+
+
+def _semantic(config) -> bool:
+  return config.vspw_mode == "semantic"
+
+
+SPEC = DatasetSpec(
+    name="vspw", read=read_vspw, splits=("train", "val", "test"),
+    class_names=lambda config: VSPW_CLASS_NAMES if _semantic(config) else VSPW_PERSON_CLASS_NAMES,
+    palette=lambda config: VSPW_PALETTE if _semantic(config) else VSPW_PERSON_PALETTE, crop_size=(480, 480),
+    defaults={"mean": IMAGENET_MEAN, "std": IMAGENET_STD},
+    options={"vspw_mode": "semantic", "person_class": VSPW_PERSON_CLASS})
