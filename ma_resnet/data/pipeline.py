@@ -87,11 +87,14 @@ Data config fields (defaults of default_data_config('camvid'); other datasets di
                                        = that prepared folder. With video frames a sequence is a run of consecutive
                                        30 fps frames (labelled and not): clip_length T+1 with labelled_last = TMANet's
                                        sample, pair_gaps count video frames (THA). Which one is used is said once
-                                       on the console.
+                                       on the console. frame_list '': the split's list; 'tmanet': TMANet's
+                                       lists (without Seq05VD_f00000: the 232-frame test list), data/camvid.py.
   synthetic            ConfigDict      height 64, width 64, frames_per_sequence 8, num_object_classes 3,
                                        num_objects 3, reveal_period 4, num_train_sequences 512,
                                        num_val_sequences 32, num_test_sequences 32, min_size 0.2, max_size 0.4,
-                                       max_speed 3.0, noise 8, seed 0 (the content seed, separate from `seed`)
+                                       max_speed 3.0, noise 8, seed 0 (the content seed, separate from `seed`),
+                                       test_frames_per_sequence 24 (the test split's length: long enough for
+                                       mVC8 / mVC16; data/synthetic.py `split_layout`)
 """
 
 from __future__ import annotations
@@ -116,7 +119,7 @@ from ma_resnet.data.errors import DataError, DataNotFoundError
 from ma_resnet.data.image_files import IGNORE_INDEX
 from ma_resnet.data.sequences import SequenceDataset
 from ma_resnet.data.synthetic import (SYNTHETIC_BACKGROUND_COLOR, SYNTHETIC_MEAN, SYNTHETIC_STD, SyntheticVideo,
-                                     synthetic_class_colors)
+                                     split_layout, synthetic_class_colors)
 from ma_resnet.data.vspw import (VSPW_CLASS_NAMES, VSPW_PALETTE, VSPW_PERSON_CLASS, VSPW_PERSON_CLASS_NAMES,
                                  VSPW_PERSON_PALETTE, VspwSequences)
 
@@ -165,10 +168,11 @@ def default_data_config(name: str = "synthetic") -> ml_collections.ConfigDict:
       "synthetic": {
           "height": 64, "width": 64, "frames_per_sequence": 8, "num_object_classes": 3, "num_objects": 3,
           "reveal_period": 4, "num_train_sequences": 512, "num_val_sequences": 32, "num_test_sequences": 32,
+          "test_frames_per_sequence": 24,
           "min_size": 0.2, "max_size": 0.4, "max_speed": 3.0, "noise": 8, "seed": 0,
       },
       "cityscapes": {"frames_before": placeholder(int), "frames_after": placeholder(int)},
-      "camvid": {"video_frames": ""},
+      "camvid": {"video_frames": "", "frame_list": ""},
   })
   if name == "vspw":
     config.crop_size = (480, 480)
@@ -236,13 +240,10 @@ def make_sequences(data_config: Any, split: str | None = None) -> SequenceDatase
   split = split or _field(data_config, "split")
   if name == "synthetic":
     synthetic = _field(data_config, "synthetic")
-    counts = {"train": synthetic.num_train_sequences, "val": synthetic.num_val_sequences,
-              "test": synthetic.num_test_sequences}
-    if split not in counts:
-      raise DataNotFoundError(f"the synthetic video has no split {split!r}; its splits are {sorted(counts)}")
+    num_sequences, frames_per_sequence = split_layout(synthetic, split)
     return SyntheticVideo(
-        split, num_sequences=counts[split],
-        frames_per_sequence=synthetic.frames_per_sequence, height=synthetic.height, width=synthetic.width,
+        split, num_sequences=num_sequences,
+        frames_per_sequence=frames_per_sequence, height=synthetic.height, width=synthetic.width,
         num_object_classes=synthetic.num_object_classes, num_objects=synthetic.num_objects,
         reveal_period=synthetic.reveal_period, min_size=synthetic.min_size, max_size=synthetic.max_size,
         max_speed=synthetic.max_speed, noise=synthetic.noise, seed=synthetic.seed)
@@ -260,7 +261,9 @@ def make_sequences(data_config: Any, split: str | None = None) -> SequenceDatase
     raise ValueError(f"data_config.source must be 'folder' or 'tfds', got {source!r}")
   root = resolve_root(data_config)
   if name == "camvid":
-    sequences = CamVidSequences(root, split, video_frames=_get(_field(data_config, "camvid"), "video_frames", ""))
+    camvid = _field(data_config, "camvid")
+    sequences = CamVidSequences(root, split, video_frames=_get(camvid, "video_frames", ""),
+                                frame_list=_get(camvid, "frame_list", ""))
     _say_once(sequences.memory_frames)
     return sequences
   if name == "cityscapes":
