@@ -171,7 +171,7 @@ def test_stf_with_slide_gives_every_frame_its_own_prediction():
   windows' outputs, each computed as a clip of that window (aligned outputs)."""
   from test_stf import tiny_config
   config = support.load_test_config(**{'data.synthetic.height': 64, 'data.synthetic.width': 48,
-                                       'data.crop_size': (64, 48)})
+                                       'data.crop_size': (64, 48), 'data.synthetic.num_val_sequences': 2})
   config.model = tiny_config()
   model = models.build(config.model, 4)
   assert model.delay == 1
@@ -180,7 +180,7 @@ def test_stf_with_slide_gives_every_frame_its_own_prediction():
   metrics, predictions = _evaluate(config, protocol, model, variables)
   sequences = data_lib.make_sequences(config.data, 'val')
   stream = list(data_lib.make_eval_stream(config.data, 'val'))
-  assert len(predictions) == metrics.frames == len(stream) == 12
+  assert len(predictions) == metrics.frames == len(stream) == 8
   apply = jax.jit(model.apply)
   for index in range(sequences.num_sequences):
     clip = np.concatenate([it['frames'][0] for it in stream if it['sequence_index'] == index])  # (T, H, W, 3)
