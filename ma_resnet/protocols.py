@@ -46,7 +46,6 @@ import numpy as np
 from ma_resnet.errors import ConfigError
 
 MODES = ('whole', 'slide')
-FIELDS = ('eval_mode', 'eval_crop', 'eval_stride', 'eval_flip', 'eval_scales')
 
 
 @dataclasses.dataclass(frozen=True)
