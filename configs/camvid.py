@@ -20,6 +20,8 @@ images bilinear, labels nearest) to reproduce the paper's input size, so the mod
 480x360 for 4x the compute, and mIoU is measured on labels upsampled to 960x720 (same mIoU as at 480x360 up to
 boundary rounding). To train and evaluate at the release's native size instead:
     --config.data.crop_size=360,480 --config.data.scale_range=1,1 --config.data.eval_size=360,480
+Evaluation as the authors' `infer_camvid.py`: whole frames resized to 720x960, arg-max, no flip, one scale
+(eval_mode 'whole'; their code does not use PaddleSeg's slide or multi-scale inference), on val.
 The authors stream frames in order ("without shuffling"); here clips are shuffled (each clip carries its own
 memory, so order does not matter) - set --config.data.shuffle=False to mimic them. The authors' code computes
 no output (hence no loss) for warm-up frames: --config.loss_on_warmup_frames=False mimics that.

@@ -12,6 +12,9 @@ It trains on CamVid train + val at 360x480 (its sequences are not continuous acr
 weight decay 1e-4, lr 5e-4 (LERNet) / 3e-3 (THA, backbone 2e-6), poly 0.9, batch 12, flips, colour jitter (its
 random translation by 0-2 pixels is not implemented here).
 
+Evaluation: whole 360x480 frames (eval_mode 'whole', no flip, one scale: "360x480 during training, validating
+and testing"); the paper reports CamVid test (pixel accuracy 67.9 with THA): --split=test where test/ exists.
+
 Key frames in video frames. The paper's pairs (key frame, frame g later), g = 1..4, and its K = 5 count frames of
 the 30 fps video. `data.camvid.video_frames='auto'` reads them from `<root>/video_frames`, written once by
 `python -m ma_resnet.data.prepare camvid --videos DIR --camvid-root ROOT` (the 4 video frames before every labelled

@@ -15,6 +15,9 @@ Stage 2 (`tha`): THA with one key frame in K = 5; training pairs (key frame, the
 frames later) from the 30-frame snippets (`data.pair_gaps`, `data.labelled_last`); THA at lr 3e-3, the
 backbone and decoder at 2e-6 (`optimizer.lr_multipliers`), the rest as stage 1.
 
+Evaluation: whole 512x1024 frames (eval_mode 'whole', no flip, one scale: the paper's input size; logits
+resized to the native 1024x2048 labels, as the paper upsamples its predictions), val snippets streamed, K = 5.
+
 What the paper leaves open or the data here lacks (docs/systems.md lists them too):
 - The paper pre-trains LERNet also on pseudo labels of the sequence frames (from another model) and trains THA
   on pseudo-labelled pairs: no such labels exist here, so stage 1 uses the labelled frames and stage 2 the pairs

@@ -23,6 +23,8 @@ What differs with CamVid here (the authors' CamVid experiments use Dilation8, wh
   frames; the loss on the middle one, whose neighbours are both real: `loss_on_warmup_frames=False`). Sequence
   edges use the edge rule (`model.stf.edge`, 'repeat').
 - 11 classes (void ignored): MAR's memory has 110 rows.
+- Evaluation on whole frames (eval_mode 'whole', as the Cityscapes recipe); the paper's CamVid numbers are on the
+  test split (Dilation8 + STF + MAR 67.9): `python eval.py --workdir=RUN --split=test` where `test/` exists.
 - Batch 8 clips, 20 000 steps for each of stages 2 and 4 (the authors' 50 epochs of Cityscapes are 37 200
   steps of 4 clips).
 """

@@ -38,7 +38,8 @@ Stages (`--config=configs/stf_cityscapes.py:<stage>`; default 'stf'):
           schedule are the STF stage's (an assumption).
 The stf and mar stages start from the previous stage's run (`--config.init_from=RUN`, required: they freeze modules
 that must come from it; the run must be finished and trained on the same dataset).
-Evaluation: whole 1024x2048 frames (features 128x256, the embeddings' stored size), each snippet streamed as
+Evaluation: whole 1024x2048 frames (eval_mode 'whole', no flip, one scale: the authors' test script feeds the
+full frames; features 128x256, the embeddings' stored size), each snippet streamed as
 3 frames: the labelled frame's output uses its real neighbours (the model is non-causal, one frame of delay:
 the evaluator pairs each output with its frame and flushes the last one).
 

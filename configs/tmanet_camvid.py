@@ -30,7 +30,12 @@ What differs with the data here (`../shared/data/camvid`, the SegNet release):
   ignored (as in the paper).
 - Frames are 480x360 (the authors upsample to 960x720 before scaling); scale 1.0-4.0 of 480x360 is the same
   range, for 4x the compute and no more detail; 640x640 crops of 720x960-sized frames.
-- Evaluation on whole frames at 720x960 (the authors slide 640x640 windows, stride 512).
+- Evaluation as the authors (`test_cfg` mode 'slide', docs/protocols.md): frames at 720x960, 640x640 windows with
+  stride 512x512 (2x2 windows), each window position a lane with its own memory (the authors crop the memory
+  frames at the same window), overlapping logits averaged; no flip, one scale. The paper's 76.5 is on the CamVid
+  test split with TMANet's 232-frame list (`data.camvid.frame_list='tmanet'`: the 233 SegNet test frames without
+  Seq05VD_f00000): `python eval.py --workdir=runs/tmanet_camvid --split=test` once `<root>/test/` and
+  `<root>/testannot/` exist (validation during training uses val).
 - Batch 8 clips (2 per GPU in the config, GPU count not in the repository).
 """
 from ma_resnet.data.pipeline import IMAGENET_MEAN, IMAGENET_STD
@@ -54,6 +59,10 @@ def get_config():
   data.crop_size = (640, 640)
   data.scale_range = (1.0, 4.0)
   data.eval_size = (720, 960)
+  data.camvid.frame_list = 'tmanet'  # TMANet's lists: the 232-frame test list
+  config.eval_mode = 'slide'
+  config.eval_crop = (640, 640)
+  config.eval_stride = (512, 512)
   data.flip = True
   data.jitter = 0.1
   data.mean, data.std = IMAGENET_MEAN, IMAGENET_STD

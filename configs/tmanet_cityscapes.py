@@ -28,8 +28,10 @@ Differences from the authors' run:
   Cityscapes models use 4 GPUs). Batch norm statistics are over all frames of the batch (memory frames and
   labelled frames together); the authors' SyncBN normalises the labelled frames and each memory slot in
   separate backbone calls.
-- Evaluation: whole frames at 1024x2048 (the authors slide 769x769 windows with stride 513 and average the
-  overlapping logits); `--config.data.eval_size=512,1024` halves the cost.
+- Evaluation as the authors (`test_cfg` mode 'slide', docs/protocols.md): 1024x2048 frames, 769x769 windows
+  with stride 513x513 (2x4 windows), each window position a lane with its own memory (the authors crop the memory
+  frames at the same window), overlapping logits averaged; no flip, one scale (the paper's 80.3 on val).
+  `python eval.py --workdir=RUN --mode=whole` scores whole frames instead.
 - Crops of 769x769, as the released config (the paper says 768).
 - The paper's ablations use output stride 16 and T = 4; the released config (this one) uses 8 and T = 2.
 """
@@ -54,6 +56,9 @@ def get_config():
   data.crop_size = (769, 769)
   data.scale_range = (0.5, 2.0)
   data.eval_size = None
+  config.eval_mode = 'slide'
+  config.eval_crop = (769, 769)
+  config.eval_stride = (513, 513)
   data.flip = True
   data.jitter = 0.1
   data.mean, data.std = IMAGENET_MEAN, IMAGENET_STD

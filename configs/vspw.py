@@ -12,7 +12,8 @@ Initialisation: PaddleSeg's ResNet50_vd SSLD v2, as on CamVid (`init_from='paddl
 catalogue entry fetched and converted on first use, docs/weights.md); `--config.init_from=''`: from scratch.
 
 Resizing: VSPW_480p frames are 480 pixels high with varying widths; training scales them by 4/3 (to 640 high)
-and takes a random 640x640 crop; evaluation resizes every frame to 640x640 (eval_size), as the paper states.
+and takes a random 640x640 crop; evaluation resizes every frame to 640x640 (eval_size), as the paper states,
+and scores whole frames (eval_mode 'whole', no flip, one scale: the authors' `infer_vspw.py`).
 """
 from ma_resnet.train_config import base_config
 

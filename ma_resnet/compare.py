@@ -23,8 +23,10 @@ Where each number comes from:
                 warm-up frames; the median round. On this machine, in this invocation only: compare figures of
                 one table, not across tables
 
-Runs are comparable when they were scored on the same data the same way: dataset, split, input size, label size
-mode, classes, frames and labelled frames. Runs that differ are refused (exit 2, each group listed), or with
+Runs are comparable when they were scored on the same data the same way: dataset, split, frame list, input size,
+label size mode, classes, frames and labelled frames, and the evaluation protocol the report records (whole frames
+or sliding windows with their crop and stride, flip, scales: `ma_resnet.protocols`; a report from before protocols
+were recorded counts as whole frames). Runs that differ are refused (exit 2, each group listed), or with
 --group shown as one table per group. A run without evaluation results: one line naming it and the command
 that makes them (exit 3). Exit 4: a run folder or checkpoint that cannot be read.
 """
@@ -135,8 +137,11 @@ def read_run(workdir: str, split: str | None = None) -> RunResult:
     missing += [k for k, v in protocol.items() if v is None]
     raise CompareError(f'{source} lacks {", ".join(missing)}: make it again with python eval.py '
                        f'--workdir={workdir} --split={split}', EXIT_DATA)
+  from ma_resnet import protocols
+  scoring = protocols.protocol_of_report(results)
   protocol.update(split=split, classes=tuple(results['class_names']), frames=results['frames'],
-                  labelled_frames=results['labelled_frames'])
+                  labelled_frames=results['labelled_frames'], scoring=protocols.describe(scoring),
+                  list=scoring.get('list', 'all'))
   return RunResult(name=os.path.basename(workdir), workdir=workdir, config=config, split=split, source=source,
                    results=results, protocol=protocol, step=step)
 
@@ -144,8 +149,10 @@ def read_run(workdir: str, split: str | None = None) -> RunResult:
 def describe_protocol(protocol: dict) -> str:
   size = protocol['input_size']
   size = 'native size' if size == 'native' else f'{size[0]}x{size[1]}'
+  frame_list = '' if protocol.get('list', 'all') == 'all' else f", {protocol['list']} frame list"
   return (f"{protocol['dataset']} {protocol['split']}, input {size}, labels {protocol['labels']}, "
-          f"{len(protocol['classes'])} classes, {protocol['frames']} frames ({protocol['labelled_frames']} labelled)")
+          f"{len(protocol['classes'])} classes, {protocol['frames']} frames ({protocol['labelled_frames']} labelled), "
+          f"{protocol.get('scoring', 'whole frames')}{frame_list}")
 
 
 def group_runs(runs: Sequence[RunResult]) -> list[list[RunResult]]:
@@ -332,7 +339,7 @@ def csv_text(groups: Sequence[Sequence[RunResult]]) -> str:
                     dataset=run.protocol['dataset'], split=run.split,
                     input_size=('native' if run.protocol['input_size'] == 'native'
                                 else 'x'.join(str(s) for s in run.protocol['input_size'])),
-                    labels=run.protocol['labels'])
+                    labels=run.protocol['labels'], protocol=run.protocol['scoring'], frame_list=run.protocol['list'])
       record.update({f'iou/{k}': v for k, v in run.results.get('per_class_iou', {}).items()})
       records.append(record)
   fields = list(dict.fromkeys(k for r in records for k in r))
@@ -426,8 +433,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     groups = group_runs(runs)
     if len(groups) > 1 and not args.group:
       lines = [f'  {describe_protocol(g[0].protocol)}: {", ".join(r.name for r in g)}' for g in groups]
-      return _error('the runs were not scored on the same data the same way (dataset, split, input size, labels, '
-                    'classes, frames); pass --group for one table per group:\n' + '\n'.join(lines), EXIT_USAGE)
+      return _error('the runs were not scored on the same data the same way (dataset, split, frame list, '
+                    'protocol, input size, labels, classes, frames); pass --group for one table per group:\n' + '\n'.join(lines), EXIT_USAGE)
     measure(runs, size=args.size, speed=args.speed, rounds=args.rounds, frames=args.frames)
   except CompareError as e:
     return _error(str(e), e.code)

@@ -35,13 +35,15 @@ import time
 from typing import Any, Callable, Iterator, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from ma_resnet import checkpoints, inference, parallel, runs, streaming, video_metrics, visualize
+from ma_resnet import checkpoints, inference, parallel, protocols, runs, streaming, video_metrics, visualize
 from ma_resnet import data as data_lib
 from ma_resnet.data import DataError
 from ma_resnet.errors import ConfigError
 from ma_resnet.files import atomic_write_text
+from ma_resnet.protocols import EvalProtocol
 from ma_resnet.video_metrics import VideoMetricOptions, video_consistency  # noqa: F401  (re-exported)
 
 IGNORE_INDEX = data_lib.IGNORE_INDEX
@@ -107,6 +109,8 @@ class EvalMetrics:
   kind_labelled: tuple[int, int] = (0, 0)
   # Video metrics (`video_metrics.VideoMetrics.results`): mVC_n (absent with sparse labels), temporal consistency.
   video: dict[str, Any] = dataclasses.field(default_factory=dict)
+  # How the frames were scored (`protocols.EvalProtocol.to_json()` + split + frame list).
+  protocol: dict[str, Any] | None = None
 
   @property
   def per_class_iou(self) -> np.ndarray:
@@ -149,6 +153,7 @@ class EvalMetrics:
         'class_names': list(self.class_names),
         'frame_kinds': [{**k, 'miou': nan_to_none(k['miou'])} for k in self.kinds()],
         'video_metrics': self.video,
+        'protocol': self.protocol,
     }
 
   def table(self) -> str:
@@ -157,6 +162,8 @@ class EvalMetrics:
     gt = self.confusion.sum(1)
     width = max([len('class')] + [len(n) for n in self.class_names])
     lines = [f'{"class":<{width}}  {"IoU":>7}  {"GT pixels":>12}', '-' * (width + 23)]
+    if self.protocol and protocols.describe(self.protocol) != 'whole frames':
+      lines.insert(0, f'protocol: {protocols.describe(self.protocol)}')
     for name, v, n in zip(self.class_names, iou, gt):
       shown = '    n/a' if np.isnan(v) else f'{100 * v:6.2f}%'
       lines.append(f'{name:<{width}}  {shown:>7}  {int(n):>12d}')
@@ -188,6 +195,11 @@ class FramePrediction:
   prediction: np.ndarray    # (H, W) int32
 
 
+def frame_list(data_config) -> str:
+  """The frame list a split is read with ('' = the split's own list; CamVid: `data.camvid.frame_list`)."""
+  return str((data_config.get('camvid') or {}).get('frame_list', '')) if data_config.get('name') == 'camvid' else ''
+
+
 def _lane_lengths(sequences, lanes: int) -> list[int]:
   return [sum(sequences.sequence_length(i) for i in range(g, sequences.num_sequences, lanes))
           for g in range(lanes)]
@@ -197,8 +209,10 @@ class Evaluator:
   """Streams a split through `model.step` and scores it (see the module docstring)."""
 
   def __init__(self, model, data_config, split: str, *, lanes: int = 1, mesh=None,
-               class_names: Sequence[str] | None = None, video_options: VideoMetricOptions | None = None):
+               class_names: Sequence[str] | None = None, video_options: VideoMetricOptions | None = None,
+               protocol: EvalProtocol | None = None):
     self.model = model
+    self.protocol = protocol or protocols.WHOLE  # windows / flips / scales (`ma_resnet.protocols`)
     self.video_options = video_options  # mVC lengths and form (None: the defaults)
     self.data_config = data_config
     self.split = split
@@ -223,21 +237,40 @@ class Evaluator:
     """(predictions int32 (lanes, *label_size), memory, enhanced (lanes,) bool): one streamed frame per lane.
 
     Logits are resized (bilinear) to `label_size` when the labels are larger or smaller than the frames
-    (`data.eval_native_labels`).
+    (`data.eval_native_labels`). The plain protocol is `inference.segment_frames`; any other runs every view of
+    the frame as a lane of its own (`inference.segment_views`) and takes the arg-max of the combined scores.
     """
-    fn = self._step_fns.get(label_size)
+    image_size = tuple(frames.shape[1:3])
+    key = (label_size, image_size)
+    fn = self._step_fns.get(key)
     if fn is None:
       sharding = self._batch_sharding
-      fn = jax.jit(functools.partial(inference.segment_frames, self.model, out_size=label_size),
-                   in_shardings=(self._replicated, sharding, sharding, sharding),
+      if self.protocol.plain:
+        step = functools.partial(inference.segment_frames, self.model, out_size=label_size)
+      else:
+        segment = functools.partial(inference.segment_views, self.model, protocols.plan(self.protocol, image_size),
+                                    out_size=label_size)
+
+        def step(variables, frames, memory, reset):
+          scores, memory, enhanced = segment(variables, frames, memory, reset)
+          return jnp.argmax(scores, axis=-1).astype(jnp.int32), memory, enhanced
+      fn = jax.jit(step, in_shardings=(self._replicated, sharding, sharding, sharding),
                    out_shardings=(sharding, sharding, sharding))
-      self._step_fns[label_size] = fn
+      self._step_fns[key] = fn
     return fn(variables, frames, memory, reset)
 
   def _empty_memory(self, image_size: tuple[int, int]):
+    """The empty memory of `lanes` streams of frames of `image_size`; under a non-plain protocol one memory per
+    scale, of V_s·lanes views of its window size."""
     fn = self._memory_fns.get(image_size)
     if fn is None:
-      fn = jax.jit(lambda: self.model.init_memory(self.lanes, image_size), out_shardings=self._batch_sharding)
+      if self.protocol.plain:
+        init = lambda: self.model.init_memory(self.lanes, image_size)
+      else:
+        streams = protocols.plan(self.protocol, image_size)
+        init = lambda: tuple(self.model.init_memory(self.lanes * views.num_views, views.window_size)
+                             for views in streams)
+      fn = jax.jit(init, out_shardings=self._batch_sharding)
       self._memory_fns[image_size] = fn
     return fn()
 
@@ -349,7 +382,9 @@ class Evaluator:
                        frame_kinds=self.model.frame_kinds, kind_confusion=confusion,
                        kind_frames=tuple(int(c) for c in kind_counts[:, 0]),
                        kind_labelled=tuple(int(c) for c in kind_counts[:, 1]),
-                       video=video.results(self.class_names))
+                       video=video.results(self.class_names),
+                       protocol={**self.protocol.to_json(), 'split': self.split,
+                                 'list': frame_list(self.data_config) or 'all'})
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -359,7 +394,9 @@ class Evaluator:
 def evaluate_run(workdir: str, *, split: str | None = None, checkpoint: str = 'best', overlays: int = 0,
                      overlay_stride: int = 1, eval_batch_size: int | None = None, data_root: str | None = None,
                      native_labels: bool | None = None, report_path: str | None = None,
-                     vc_lengths: Sequence[int] | None = None, vc_corrected: bool | None = None
+                     vc_lengths: Sequence[int] | None = None, vc_corrected: bool | None = None,
+                     mode: str | None = None, crop: Sequence[int] | None = None, stride: Sequence[int] | None = None,
+                     flip: bool | None = None, scales: Sequence[float] | None = None, frame_list: str | None = None
                      ) -> tuple[EvalMetrics, dict]:
   """Evaluates a training run's checkpoint (see `eval.py`). Returns (metrics, the JSON report written);
   `report['not_written']` lists the outputs that could not be written (a read-only workdir).
@@ -368,6 +405,9 @@ def evaluate_run(workdir: str, *, split: str | None = None, checkpoint: str = 'b
   stream order from the first. native_labels: override the run config's `data.eval_native_labels`.
   vc_lengths / vc_corrected: the mVC lengths and form (default: the run config's `eval_vc_lengths` /
   `eval_vc_corrected`).
+  mode / crop / stride / flip / scales: the evaluation protocol (`protocols.EvalProtocol`; default: the run
+  config's eval_mode / eval_crop / eval_stride / eval_flip / eval_scales, runs from before them: whole frames).
+  frame_list: CamVid's `data.camvid.frame_list` ('tmanet': TMANet's lists; '' the split's own list).
   """
   workdir = os.path.abspath(workdir)
   if overlay_stride < 1:
@@ -382,6 +422,11 @@ def evaluate_run(workdir: str, *, split: str | None = None, checkpoint: str = 'b
     config.data.root = data_root
   if native_labels is not None:
     config.data.eval_native_labels = bool(native_labels)
+  if frame_list is not None:
+    if config.data.name != 'camvid':
+      raise ConfigError(f'--frame_list is for CamVid, this run is on {config.data.name}')
+    config.data.camvid.frame_list = frame_list
+  protocol = EvalProtocol.from_config(config, mode=mode, crop=crop, stride=stride, flip=flip, scales=scales)
   split = split or config.get('eval_split', 'val')
   lanes = int(eval_batch_size or config.get('eval_batch_size', 1))
   devices = mesh.devices.size
@@ -415,7 +460,8 @@ def evaluate_run(workdir: str, *, split: str | None = None, checkpoint: str = 'b
 
   evaluator = Evaluator(run.model, config.data, split, lanes=lanes, mesh=mesh,
                         class_names=data_lib.class_names(config.data),
-                        video_options=VideoMetricOptions.from_config(config, vc_lengths, vc_corrected))
+                        video_options=VideoMetricOptions.from_config(config, vc_lengths, vc_corrected),
+                        protocol=protocol)
   metrics = evaluator.evaluate(run.variables, callback=save_overlay if overlays > 0 else None)
   saved.sort()
   report = {

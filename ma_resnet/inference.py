@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from ma_resnet import streaming, video_io, video_metrics, visualize
+from ma_resnet import protocols, streaming, video_io, video_metrics, visualize
 from ma_resnet.data import normalize_images
 from ma_resnet.models.ops import resize_bilinear
 
@@ -74,6 +74,33 @@ def segment_frames(model, variables, frames, memory, reset=None, *, out_size: tu
   if out_size is not None and tuple(logits.shape[1:3]) != tuple(out_size):
     logits = resize_bilinear(logits, tuple(out_size))
   return jnp.argmax(logits, axis=-1).astype(jnp.int32), out.memory, out.enhanced
+
+
+def segment_views(model, streams, variables, frames, memories, reset=None, *, out_size: tuple[int, int]):
+  """One streamed frame per lane under an evaluation protocol (`protocols`: windows, flips, scales).
+
+  streams: `protocols.plan(protocol, frames' size)`; frames (B, H, W, 3) normalised at the evaluation size;
+  memories: one model memory per scale, of batch V_s·B (every view a lane with its own memory,
+  `model.init_memory(V_s·B, streams[s].window_size)`); reset: optional (B,) bool, applied to every view of the
+  frame. Each scale's frames are resized (bilinear) to its size, cut into views, stepped, merged back
+  (`protocols.merge_views`), resized to `out_size` and softmaxed; the probabilities are averaged over
+  scales and flips (`protocols.combine`). Returns (scores float32 (B, *out_size, K): the mean probabilities,
+  the new memories (a tuple), enhanced (B,) bool). Pure: jit it.
+  """
+  batch = frames.shape[0]
+  reset = jnp.zeros((batch,), bool) if reset is None else reset
+  probabilities, new_memories, enhanced = [], [], None
+  for views, memory in zip(streams, memories):
+    scaled = frames if tuple(frames.shape[1:3]) == views.size else resize_bilinear(frames, views.size)
+    out = model.apply(variables, protocols.make_views(scaled, views), memory, jnp.tile(reset, views.num_views),
+                      method=model.step)
+    for logits in protocols.merge_views(out.logits.astype(jnp.float32), views, batch):
+      if tuple(logits.shape[1:3]) != tuple(out_size):
+        logits = resize_bilinear(logits, tuple(out_size))
+      probabilities.append(jax.nn.softmax(logits, axis=-1))
+    new_memories.append(out.memory)
+    enhanced = out.enhanced[:batch] if enhanced is None else enhanced
+  return protocols.combine(probabilities), tuple(new_memories), enhanced
 
 
 @functools.lru_cache(maxsize=32)

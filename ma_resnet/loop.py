@@ -200,7 +200,8 @@ def _train_and_evaluate(config, workdir: str, start_time: float, progress: bool,
 
   evaluator = evaluation.Evaluator(model, config.data, config.eval_split, lanes=_eval_lanes(config, mesh),
                                    mesh=mesh, class_names=data_lib.class_names(config.data),
-                                   video_options=evaluation.VideoMetricOptions.from_config(config))
+                                   video_options=evaluation.VideoMetricOptions.from_config(config),
+                                   protocol=evaluation.EvalProtocol.from_config(config))
   step = int(state.step)
   eval_metrics = None
   bar = logging_utils.ProgressBar(total=num_steps, initial=step, enabled=progress)

@@ -37,6 +37,17 @@ Fields
                          ((8, 16): VSPW's mVC8 / mVC16; (): none); see ma_resnet/video_metrics.py
   eval_vc_corrected      also report mVC_n in its corrected form (mvc<n>_corrected: every window, ignore pixels
                          left out, only constant predictions that equal the ground truth count)
+  eval_mode              the evaluation protocol (ma_resnet/protocols.py; docs/protocols.md): 'whole' (each frame
+                         in one piece at the evaluation size) | 'slide' (windows of eval_crop every eval_stride
+                         pixels as mmseg's slide_inference, each window position a lane with its own memory, the
+                         windows' logits averaged where they overlap)
+  eval_crop              (h, w) of the sliding windows ('slide' only; () with 'whole'); a frame smaller than the
+                         crop is one window clipped to it (no padding, as mmseg)
+  eval_stride            (h, w) between window starts ('slide' only), 1 <= stride <= crop
+  eval_flip              also score the horizontally flipped frame (its own lanes and memory), flipped back
+  eval_scales            ratios of the evaluation size, each its own stream with its own memory ((1.0,): the size
+                         itself); flips and scales are combined as mmseg's aug_test / PaddleSeg's aug_inference:
+                         the mean of the softmax probabilities at the label size, then the arg-max
   checkpoint_every       steps between checkpoints (and one at the end)
   keep_checkpoints       latest checkpoints kept (the best one by validation mIoU is kept in addition)
   init_from              where a new run's variables start from (docs/weights.md; `weights.InitFrom` lists the
@@ -86,7 +97,7 @@ COMPUTE_DTYPES = ('float32', 'bfloat16')
 
 
 def base_config(dataset: str = 'synthetic') -> ml_collections.ConfigDict:
-  """Every training field with its default, for `dataset` (one of `data.pipeline.DATASET_NAMES`: 'synthetic' |
+  """Every training field with its default, for `dataset` (a registered name, `data.registry`: 'synthetic' |
   'camvid' | 'cityscapes' | 'vspw')."""
   config = ml_collections.ConfigDict()
   config.compute_dtype = 'float32'
@@ -121,6 +132,11 @@ def base_config(dataset: str = 'synthetic') -> ml_collections.ConfigDict:
   config.eval_batch_size = 1
   config.eval_vc_lengths = (8, 16)
   config.eval_vc_corrected = False
+  config.eval_mode = 'whole'
+  config.eval_crop = ()
+  config.eval_stride = ()
+  config.eval_flip = False
+  config.eval_scales = (1.0,)
   config.checkpoint_every = 1000
   config.keep_checkpoints = 2
 
@@ -221,6 +237,8 @@ def validate(config: ml_collections.ConfigDict, eval_frame_size: tuple[int, int]
   need(config.eval_batch_size >= 1, f'eval_batch_size must be >= 1, got {config.eval_batch_size}')
   need(all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in config.eval_vc_lengths),
        f'eval_vc_lengths must be positive integers, got {config.eval_vc_lengths}')
+  from ma_resnet.protocols import EvalProtocol
+  protocol = EvalProtocol.from_config(config)  # ConfigError naming the eval_* field at fault
   need(config.keep_checkpoints >= 1, f'keep_checkpoints must be >= 1, got {config.keep_checkpoints}')
   need(config.compute_dtype in COMPUTE_DTYPES,
        f'compute_dtype must be one of {COMPUTE_DTYPES}, got {config.compute_dtype!r}')
@@ -237,6 +255,9 @@ def validate(config: ml_collections.ConfigDict, eval_frame_size: tuple[int, int]
        f"data.source must be 'folder' or 'tfds', got {data.get('source')!r}")
   need(data.get('source', 'folder') == 'folder' or data.get('tfds_data_dir'),
        "data.source='tfds' needs data.tfds_data_dir (prepare it with ma_resnet.data.tfds_builders)")
+  from ma_resnet.data.camvid import FRAME_LISTS
+  frame_list = (data.get('camvid') or {}).get('frame_list', '')
+  need(frame_list in FRAME_LISTS, f'data.camvid.frame_list must be one of {sorted(FRAME_LISTS)}, got {frame_list!r}')
   need(data.clip_length >= 1, f'data.clip_length must be >= 1, got {data.clip_length}')
   stride = data.get('clip_start_stride', 1)
   need(stride >= 1, f'data.clip_start_stride must be >= 1, got {stride}')
@@ -256,6 +277,11 @@ def validate(config: ml_collections.ConfigDict, eval_frame_size: tuple[int, int]
   if config.eval_every >= 0 and not data.get('eval_size') and eval_frame_size is not None:
     sizes.append((f'the native frame size of the {config.eval_split!r} split (data.eval_size is unset)',
                   eval_frame_size))
+  if not protocol.plain:  # the model sees the protocol's windows of every scale, not the frames
+    from ma_resnet.protocols import plan
+    sizes = sizes[:1] + [(f'{field}: the {views.window_size[0]}x{views.window_size[1]} views of eval_mode='
+                          f'{protocol.mode!r} at scale {views.scale:g}', views.window_size)
+                         for field, size in sizes[1:] for views in plan(protocol, tuple(int(s) for s in size))]
   for field, size in sizes:
     parts.check_frame_size(size, field)
   from ma_resnet.weights import check_init_from

@@ -41,6 +41,11 @@ each sequence is a run of consecutive video frames, named after its first frame 
 frames with the labelled frame last is TMANet's sample, a pair (n-g, n) is THA's key frame g video frames back, and
 no clip crosses a jump. Without it, a sequence is the labelled frames of one video (memory = earlier labelled
 frames, 1 s back in train).
+
+Frame lists (`frame_list`, config `data.camvid.frame_list`). '' reads every frame of the split's list. 'tmanet'
+reads the frames of TMANet's lists (`data/camvid/annotations/{train,val,test}.txt` of wanghao9610/TMANet): the
+SegNet lists without `Seq05VD_f00000`, the first frame of its video, which has no earlier frame to remember (their
+test list has 232 frames, the SegNet test list 233; train and val are the same).
 """
 
 from __future__ import annotations
@@ -105,6 +110,8 @@ DEFAULT_FRAMES_BEFORE = 4  # TMANet's T = 4 memory frames n-4 .. n-1; THA's key 
 VIDEO_FRAMES_FOLDER = "video_frames"  # under the CamVid root: where data.camvid.video_frames='auto' looks
 VIDEO_FRAMES_MANIFEST = "manifest.json"
 VIDEO_FRAMES_FORMAT = "ma_resnet.camvid_video_frames/1"
+# Frame lists: name -> the labelled frames (file stems) that list leaves out of every split.
+FRAME_LISTS = {"": (), "tmanet": ("Seq05VD_f00000",)}
 
 
 def parse_frame_name(file_name: str) -> tuple[str, int]:
@@ -182,6 +189,7 @@ class CamVidSequences(FileSequenceDataset):
     root: the folder holding train/, trainannot/, train.txt, ...
     split: 'train', 'val' or 'test' (any name with `<split>/` and `<split>annot/` folders works).
     video_frames: '' (labelled frames only), 'auto' (`<root>/video_frames` when prepared) or a prepared folder.
+    frame_list: '' (the split's list) or 'tmanet' (TMANet's lists: without Seq05VD_f00000); module docstring.
   Attributes: video_frames (the folder used, or None), frames_before (its K, or None), memory_frames (one line
   saying which frames precede a labelled frame).
   Frames: image uint8 (360, 480, 3), label uint8 (360, 480) in 0..10 or 255 (all 255 when unlabelled).
@@ -191,11 +199,12 @@ class CamVidSequences(FileSequenceDataset):
   class_names = CAMVID_CLASS_NAMES
   palette = CAMVID_PALETTE
 
-  def __init__(self, root: str | os.PathLike, split: str = "train", *, video_frames: str | os.PathLike = ""):
+  def __init__(self, root: str | os.PathLike, split: str = "train", *, video_frames: str | os.PathLike = "",
+               frame_list: str = ""):
     self.root = os.fspath(root)
     self.split = split
     require_dir(self.root, "CamVid root")
-    by_sequence = labelled_frames(self.root, split)
+    by_sequence = labelled_frames(self.root, split, frame_list)
     self.video_frames = video_frames_folder(self.root, os.fspath(video_frames) if video_frames else "")
     self.frames_before = None
     if self.video_frames is None:
@@ -241,9 +250,12 @@ class CamVidSequences(FileSequenceDataset):
     return sequences
 
 
-def labelled_frames(root: str, split: str) -> dict[str, list[FileFrame]]:
-  """{sequence: its labelled frames in time order} of one split of the SegNet layout; DataError naming the file at
-  fault (a missing folder or listed file, an empty split, a frame listed twice)."""
+def labelled_frames(root: str, split: str, frame_list: str = "") -> dict[str, list[FileFrame]]:
+  """{sequence: its labelled frames in time order} of one split of the SegNet layout, without the frames
+  `frame_list` leaves out (`FRAME_LISTS`); DataError naming the file at fault (a missing folder or listed file, an
+  empty split, a frame listed twice)."""
+  if frame_list not in FRAME_LISTS:
+    raise DataError(f"CamVid frame list {frame_list!r} is not one of {sorted(FRAME_LISTS)}")
   image_dir = os.path.join(root, split)
   label_dir = os.path.join(root, split + "annot")
   require_dir(image_dir, f"CamVid {split!r} images")
@@ -257,6 +269,8 @@ def labelled_frames(root: str, split: str) -> dict[str, list[FileFrame]]:
     source = image_dir
   if not pairs:
     raise DataNotFoundError(f"CamVid split {split!r} is empty: no frames in {source}")
+  left_out = FRAME_LISTS[frame_list]
+  pairs = [(image, label) for image, label in pairs if os.path.splitext(image)[0] not in left_out]
   by_sequence: dict[str, list[FileFrame]] = defaultdict(list)
   for image_name, label_name in pairs:
     sequence, number = parse_frame_name(image_name)
@@ -276,11 +290,12 @@ def labelled_frames(root: str, split: str) -> dict[str, list[FileFrame]]:
 
 
 def read_camvid(config, split: str, root: str) -> CamVidSequences:
-  """The `DatasetSpec` reader: `split` under `root`, with `data.camvid.video_frames`."""
-  return CamVidSequences(root, split, video_frames=config.camvid.get("video_frames", ""))
+  """The `DatasetSpec` reader: `split` under `root`, with `data.camvid.video_frames` and `.frame_list`."""
+  return CamVidSequences(root, split, video_frames=config.camvid.get("video_frames", ""),
+                         frame_list=config.camvid.get("frame_list", ""))
 
 
 SPEC = DatasetSpec(
     name="camvid", read=read_camvid, splits=("train", "val", "test"), class_names=CAMVID_CLASS_NAMES,
     palette=CAMVID_PALETTE, crop_size=(360, 480), defaults={"mean": CAMVID_MEAN, "std": CAMVID_STD},
-    options={"camvid": {"video_frames": ""}})
+    options={"camvid": {"video_frames": "", "frame_list": ""}})

@@ -88,11 +88,14 @@ Data config fields (defaults of default_data_config('camvid'); other datasets di
                                        = that prepared folder. With video frames a sequence is a run of consecutive
                                        30 fps frames (labelled and not): clip_length T+1 with labelled_last = TMANet's
                                        sample, pair_gaps count video frames (THA). Which one is used is said once
-                                       on the console.
+                                       on the console. frame_list '': the split's list; 'tmanet': TMANet's
+                                       lists (without Seq05VD_f00000: the 232-frame test list), data/camvid.py.
   synthetic            ConfigDict      height 64, width 64, frames_per_sequence 8, num_object_classes 3,
                                        num_objects 3, reveal_period 4, num_train_sequences 512,
                                        num_val_sequences 32, num_test_sequences 32, min_size 0.2, max_size 0.4,
-                                       max_speed 3.0, noise 8, seed 0 (the content seed, separate from `seed`)
+                                       max_speed 3.0, noise 8, seed 0 (the content seed, separate from `seed`),
+                                       test_frames_per_sequence 24 (the test split's length: long enough for
+                                       mVC8 / mVC16; data/synthetic.py `split_layout`)
 """
 
 from __future__ import annotations
