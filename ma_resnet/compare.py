@@ -366,7 +366,7 @@ def plot(groups: Sequence[Sequence[RunResult]], path: str) -> None:
         continue
       ax.scatter([x], [100 * y])
       ax.annotate(run.name, (x, 100 * y), textcoords='offset points', xytext=(4, 4), fontsize=8)
-    ax.set_xlabel('frames/s (streaming step, this machine)' if speed else 'GFLOPs per frame')
+    ax.set_xlabel(f'frames/s (streaming step, {hardware()})' if speed else 'GFLOPs per frame')
     ax.set_ylabel('mIoU (%)')
     ax.set_title(describe_protocol(group[0].protocol), fontsize=8)
     ax.grid(True, alpha=0.3)
@@ -416,6 +416,8 @@ def _error(message: str, code: int) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
   """The command line; returns the exit status (bad flags: argparse's SystemExit 2)."""
   args = parser().parse_args(argv)
+  from absl import logging
+  logging.set_verbosity(logging.ERROR)  # the console: the tables and errors, no library chatter (orbax's notes)
   try:
     runs, missing = [], []
     for workdir in args.runs:
