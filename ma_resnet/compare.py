@@ -416,8 +416,6 @@ def _error(message: str, code: int) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
   """The command line; returns the exit status (bad flags: argparse's SystemExit 2)."""
   args = parser().parse_args(argv)
-  from absl import logging
-  logging.set_verbosity(logging.ERROR)  # the console: the tables and errors, no library chatter (orbax's notes)
   try:
     runs, missing = [], []
     for workdir in args.runs:
@@ -464,4 +462,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == '__main__':
+  from absl import logging
+  logging.set_verbosity(logging.ERROR)  # the console: the tables and errors, no library chatter (orbax's notes)
   sys.exit(main())
