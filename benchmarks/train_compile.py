@@ -6,8 +6,8 @@ r"""Compile time of the training step, float32 vs bfloat16, and what XLA makes o
 For each system (model.temporal) and compute dtype, in interleaved repeats: seconds to lower (trace to
 StableHLO) and to compile the jitted `training.make_train_step` of the config on batches of its shape
 (2 clips x 2 frames for camvid.py), then the optimized HLO's instruction count and its converts, fusions,
-convolutions and while loops. Medians per variant and the bfloat16 / float32 compile ratio (the target of
-issue 15: <= 1.2). On a backend that emulates bfloat16 (XLA:CPU) the converts show the emulation.
+convolutions and while loops. Medians per variant and the bfloat16 / float32 compile ratio (the target:
+<= 1.2). On a backend that emulates bfloat16 (XLA:CPU) the converts show the emulation.
 This prints figures; it is not a test.
 """
 from __future__ import annotations

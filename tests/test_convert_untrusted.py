@@ -1,4 +1,4 @@
-"""Weight files from untrusted sources are read without running code they carry (issue 25).
+"""Weight files from untrusted sources are read without running code they carry.
 
 A pickle runs whatever callable its globals name (`__reduce__` -> os.system, eval, ...) while it is loaded.
 `.pdparams` files go through a restricted unpickler (`weight_files.RestrictedUnpickler`: numpy arrays in

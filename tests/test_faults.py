@@ -1,4 +1,4 @@
-"""Regression tests for the faults a hostile battery found (issue 17): each one failed before the fix.
+"""Regression tests for the faults a hostile battery found: each one failed before the fix.
 
 | case | before | after |
 | --- | --- | --- |

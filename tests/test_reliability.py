@@ -1,4 +1,4 @@
-"""Regression tests for the third round of bad-input and fault trials (issue 25); each failed before its fix
+"""Regression tests for the third round of bad-input and fault trials; each failed before its fix
 (the MAR memory's truncated, pickled and integer files, refused before too, are checked beside the new cases).
 Multi-process start-up failures are in tests/test_multihost.py; docs/reliability.md lists every fault tried.
 

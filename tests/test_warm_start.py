@@ -1,6 +1,6 @@
 """Warm starts (`init_from`, `warm_start.warm_start`): the paper configs' default initialisations, a catalogue
 name through training, a converted ResNet into the 'pspnet' backbone, the authors' trained models, and the
-refusals of issue 25 (a run of another system, depth or dataset, an unfinished run, frozen modules left at their
+refusals (a run of another system, depth or dataset, an unfinished run, frozen modules left at their
 random initialisation), each before anything is written. No network: catalogue entries point at 127.0.0.1."""
 from __future__ import annotations
 
@@ -206,7 +206,7 @@ def test_the_pspnet_backbone_takes_a_converted_v1c_and_keeps_its_psp_module(tmp_
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Runs of another system, depth, dataset; unfinished runs; frozen modules (issue 25).
+# Runs of another system, depth, dataset; unfinished runs; frozen modules.
 
 
 def test_a_run_of_another_system_is_refused(tmp_path):
